@@ -1,0 +1,98 @@
+"""Null-text optimisation (Mokady et al. 2023): one unconditional embedding per DDIM step.
+
+Reference semantics (``NullInversion.null_optimization`` of the authors' notebook):
+for sampling step i, start from the previous step's embedding, run a fresh Adam with
+lr = base_lr * (1 - i / 100) for up to ``inner_steps`` iterations on
+MSE(DDIM step of x_cur with guided eps, z_{T-i-1}); the update of an iteration is applied and *then* the loop
+stops if that iteration's loss (measured before the update) was below ``epsilon + i * 2e-5``.
+Then x_cur moves one guided DDIM step with the kept embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .ddim import EpsFn, ddim_step, guided_eps
+from .schedule import DDIMSchedule
+
+
+@dataclass
+class NullTextSettings:
+    """Optimisation settings; the defaults are the reference's."""
+
+    guidance: float = 7.5
+    inner_steps: int = 10
+    epsilon: float = 1e-5
+    lr: float = 1e-2
+    epsilon_growth: float = 2e-5  # threshold grows by this per step
+    lr_decay: float = 0.01  # lr * (1 - i * lr_decay)
+
+
+@dataclass
+class NullTextResult:
+    embeddings: torch.Tensor  # [steps, *null_shape], float32
+    iterations: list[int] = field(default_factory=list)  # inner iterations run per step
+    losses: list[float] = field(default_factory=list)  # last measured loss per step
+
+
+def optimize_null_embeddings(
+    eps_fn: EpsFn,
+    schedule: DDIMSchedule,
+    trajectory: torch.Tensor,
+    cond: torch.Tensor,
+    null_init: torch.Tensor,
+    settings: NullTextSettings = NullTextSettings(),
+    on_iteration: Optional[Callable[[int, int, bool], None]] = None,
+) -> NullTextResult:
+    """Optimise the per-step null embeddings along the pivot ``trajectory`` ([steps + 1, ...], z_0 ... z_T).
+
+    ``eps_fn`` must let gradients flow into its context argument. ``on_iteration(step, iteration, stopped)``
+    is called after every inner iteration (progress bars, cancel checks). The embedding and Adam run in
+    float32 whatever the model's dtype.
+    """
+    steps = schedule.steps
+    if trajectory.shape[0] != steps + 1:
+        raise ValueError(f"trajectory has {trajectory.shape[0]} latents, the schedule needs {steps + 1}")
+    w = float(settings.guidance)
+    null = null_init.detach().to(torch.float32).clone()
+    cond = cond.detach()
+    x_cur = trajectory[-1].detach()
+    kept: list[torch.Tensor] = []
+    result = NullTextResult(embeddings=torch.empty(0))
+    for i, t in enumerate(schedule.timesteps):
+        a_t, a_prev = schedule.alphas_cumprod[i], schedule.next_alpha_cumprod(i)
+        target = trajectory[steps - 1 - i].detach()
+        null = null.detach().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([null], lr=settings.lr * (1.0 - i * settings.lr_decay))
+        with torch.no_grad():
+            eps_c = eps_fn(x_cur, t, cond).detach()
+        threshold = settings.epsilon + i * settings.epsilon_growth
+        iters, loss_value = 0, float("nan")
+        for j in range(settings.inner_steps):
+            with torch.enable_grad():
+                eps_u = eps_fn(x_cur, t, null)
+                prev = ddim_step(x_cur, guided_eps(eps_u, eps_c, w), a_t, a_prev)
+                loss = F.mse_loss(prev.float(), target.float())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            optimizer.step()
+            loss_value = loss.item()
+            iters = j + 1
+            stop = loss_value < threshold
+            if on_iteration is not None:
+                on_iteration(i, j, stop)
+            if stop:
+                break
+        null = null.detach()
+        kept.append(null.clone())
+        result.iterations.append(iters)
+        result.losses.append(loss_value)
+        with torch.no_grad():
+            eps_u = eps_fn(x_cur, t, null)
+            x_cur = ddim_step(x_cur, guided_eps(eps_u, eps_c, w), a_t, a_prev).detach()
+    result.embeddings = torch.stack(kept)
+    return result

@@ -1,0 +1,83 @@
+"""The typed values our nodes pass along graph edges (host-independent dataclasses).
+
+They hold tensors on the CPU (or the host's offload device) in float32; nodes move what they need to the
+model's device only while it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .schedule import DDIMSchedule
+
+
+def tensor_fingerprint(*tensors: torch.Tensor) -> str:
+    """A short content hash of tensors (shape, dtype and bytes)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Inversion:
+    """A DDIM inversion: the pivot trajectory z_0 ... z_T (model latent space, DDPM scaling) and its schedule."""
+
+    latents: torch.Tensor  # [steps + 1, 1, C, H, W] float32
+    schedule: DDIMSchedule
+    source_context: torch.Tensor  # the source prompt's embedding used for inversion, [1, tokens, dim]
+    model_family: str = "SD1.x"
+    fingerprint: str = ""
+    source_fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.fingerprint:
+            self.fingerprint = tensor_fingerprint(self.latents, torch.tensor(self.schedule.timesteps))
+        if not self.source_fingerprint:
+            self.source_fingerprint = tensor_fingerprint(self.source_context)
+
+    @property
+    def steps(self) -> int:
+        return self.schedule.steps
+
+    @property
+    def x_T(self) -> torch.Tensor:
+        return self.latents[-1]
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.latents.shape[1:])
+
+
+@dataclass
+class NullEmbeddings:
+    """Per-step unconditional embeddings for one inversion (``embeddings[i]`` is used at sampling step i)."""
+
+    embeddings: torch.Tensor  # [steps, 1, tokens, dim] float32
+    inversion_fingerprint: str
+    guidance: float
+    method: str = "null-text"
+    iterations: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def total_iterations(self) -> int:
+        return int(sum(self.iterations))
+
+
+@dataclass
+class EditResult:
+    """Attention statistics collected while editing (for attention-map pictures)."""
+
+    cross_maps: Optional[torch.Tensor] = None  # [n_prompts, h, w, tokens] summed over steps, layers, heads
+    map_hw: tuple[int, int] = (0, 0)

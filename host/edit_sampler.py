@@ -1,0 +1,112 @@
+"""Sampling from x_T through the host's own sampler machinery (CFGGuider, cond batching, ControlNet, previews).
+
+- ``NullEmbeddingWrapper``: an APPLY_MODEL wrapper that swaps the unconditional rows' context for the
+  per-step null embedding (rows read from the host's ``cond_or_uncond``, step derived from the sigma).
+- ``ddim_sampler``: a ``KSAMPLER`` function doing deterministic DDIM (eta 0) in sigma space on our schedule,
+  with Prompt-to-Prompt local blend after each step, progress/preview callbacks and Cancel.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.sample
+import comfy.samplers
+
+from ..core.schedule import DDIMSchedule
+
+WRAPPER_KEY = "nulltext_p2p_null_embeddings"
+
+
+class NullEmbeddingWrapper:
+    """APPLY_MODEL wrapper: unconditional rows get ``embeddings[step]``."""
+
+    def __init__(self, embeddings: torch.Tensor, schedule: DDIMSchedule) -> None:
+        self.embeddings = embeddings  # [steps, 1, tokens, dim], float32 (CPU)
+        self.schedule = schedule
+        self._device_cache: dict = {}
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def _embedding(self, step: int, device, dtype) -> torch.Tensor:
+        key = (step, str(device), dtype)
+        if key not in self._device_cache:
+            self._device_cache = {key: self.embeddings[step].to(device, dtype)}
+        return self._device_cache[key]
+
+    def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+        cou = transformer_options.get("cond_or_uncond") or []
+        step = self.schedule.step_of_sigma(float(t.reshape(-1)[0])) if len(cou) else None
+        if step is not None and 1 in cou and c_crossattn is not None:
+            chunk = x.shape[0] // len(cou)
+            null = self._embedding(step, c_crossattn.device, c_crossattn.dtype)
+            if null.shape[1] != c_crossattn.shape[1]:
+                reps = c_crossattn.shape[1] // null.shape[1]
+                null = null.repeat(1, max(reps, 1), 1)[:, : c_crossattn.shape[1]]
+            c_crossattn = c_crossattn.clone()
+            for i, c in enumerate(cou):
+                if c == 1:
+                    c_crossattn[i * chunk:(i + 1) * chunk] = null.expand(chunk, -1, -1)
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+
+def schedule_sigmas(schedule: DDIMSchedule) -> torch.Tensor:
+    return schedule.sigmas()
+
+
+def ddim_sampler(
+    blend: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
+) -> comfy.samplers.KSAMPLER:
+    """A KSAMPLER doing DDIM (eta 0) on the given sigmas; returns the latent in DDPM scaling at the last sigma.
+
+    ``blend(x, step)`` (local blend) is applied to the k-diffusion latent after each step.
+    """
+
+    @torch.no_grad()
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra_args = {} if extra_args is None else extra_args
+        s_in = x.new_ones([x.shape[0]])
+        n = len(sigmas) - 1
+        for i in range(n):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            denoised = model(x, sigma * s_in, **extra_args)
+            x = denoised + (sigma_next / sigma) * (x - denoised)
+            if blend is not None:
+                x = blend(x, i)
+            if callback is not None:
+                callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        last = float(sigmas[-1])
+        return x / math.sqrt(1.0 + last * last)  # k-diffusion -> DDPM scaling (what the VAE decodes)
+
+    return comfy.samplers.KSAMPLER(sample)
+
+
+def sample_from_inversion(
+    patcher,
+    x_T: torch.Tensor,
+    schedule: DDIMSchedule,
+    positive,
+    negative,
+    guidance: float,
+    sampler: comfy.samplers.KSAMPLER,
+    callback=None,
+) -> torch.Tensor:
+    """Run the host sampler from the DDPM-scaled ``x_T`` ([B, C, H, W], model latent space); returns the DDPM-scaled
+    model-space latent at the schedule's final alpha-bar."""
+    sigmas = schedule.sigmas()
+    a_T = schedule.alphas_cumprod[0]
+    x_k = x_T / math.sqrt(a_T)
+    base = patcher.model
+    latent_image = base.process_latent_out(x_k.to(torch.float32))
+    noise = torch.zeros_like(latent_image)
+    out = comfy.sample.sample_custom(patcher, noise, guidance, sampler, sigmas, positive, negative, latent_image,
+                                     callback=callback, disable_pbar=True, seed=0)
+    # sample_custom returns process_latent_out(...) of what our sampler returned
+    return base.process_latent_in(out.to(torch.float32))

@@ -1,0 +1,138 @@
+"""Noise predictions through the host's own model interface (``BaseModel.apply_model``).
+
+``apply_model`` takes k-diffusion inputs (x = x0 + sigma eps, sigma) and returns the denoised x0; the algorithm
+works in DDPM scaling (x_t = sqrt(a) x0 + sqrt(1 - a) eps). ``HostUNet.eps`` converts between the two, so model
+patches applied upstream (LoRA weights, attention patches, APPLY_MODEL wrappers, ``model_function_wrapper``)
+still take effect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator, Optional
+
+import torch
+
+import comfy.latent_formats
+import comfy.model_management
+import comfy.model_sampling
+import comfy.patcher_extension
+
+from .errors import NodeInputError
+
+
+def check_model_family(patcher, node: str) -> str:
+    """Accept SD 1.x / 2.x (4-channel SD latent, discrete 1000-step schedule, eps or v prediction)."""
+    base = patcher.model
+    latent_format = getattr(base, "latent_format", None)
+    ms = patcher.get_model_object("model_sampling")
+    config_name = type(getattr(base, "model_config", None)).__name__
+    ok_latent = type(latent_format) is comfy.latent_formats.SD15
+    ok_sampling = isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete) and getattr(ms, "num_timesteps", 0) == 1000
+    ok_pred = isinstance(ms, comfy.model_sampling.EPS) and not isinstance(ms, comfy.model_sampling.CONST)
+    if not (ok_latent and ok_sampling and ok_pred):
+        raise NodeInputError(
+            node, "model",
+            f"this model ({config_name}, latent format {type(latent_format).__name__}, sampling "
+            f"{type(ms).__name__}) is not a Stable Diffusion 1.x/2.x model with a 1000-step discrete schedule.",
+            "load an SD 1.x checkpoint (e.g. v1-5-pruned-emaonly) with Load Checkpoint; SDXL, SD3, Flux and "
+            "other families are not supported yet.",
+        )
+    return "SD2.x" if "SD2" in config_name else "SD1.x"
+
+
+def load_model(patcher) -> None:
+    """Load the model on the host's chosen device (object patches only reach the model then)."""
+    comfy.model_management.load_models_gpu([patcher])
+
+
+def alphas_cumprod(patcher) -> torch.Tensor:
+    """The model's alpha-bar table from its own model sampling (float64)."""
+    ms = patcher.get_model_object("model_sampling")
+    sig = ms.sigmas.detach().to("cpu", torch.float64)
+    return 1.0 / (1.0 + sig * sig)
+
+
+def conditioning_tensor(conditioning, node: str, input_name: str) -> torch.Tensor:
+    """The embedding of a single-entry CONDITIONING, [1, tokens, dim]."""
+    if not isinstance(conditioning, list) or len(conditioning) == 0:
+        raise NodeInputError(node, input_name, "no conditioning was given.", "connect a CLIP Text Encode output.")
+    if len(conditioning) != 1:
+        raise NodeInputError(
+            node, input_name, f"it has {len(conditioning)} entries (combined or area conditioning).",
+            "connect a single CLIP Text Encode output; combined/area conditioning is not supported here.")
+    emb = conditioning[0][0]
+    if emb.ndim != 3 or emb.shape[0] != 1:
+        raise NodeInputError(node, input_name, f"expected an embedding of shape [1, tokens, dim], got {list(emb.shape)}.",
+                             "connect a CLIP Text Encode output of one prompt.")
+    return emb
+
+
+@contextlib.contextmanager
+def grad_capable_weights(module: torch.nn.Module) -> Iterator[None]:
+    """Temporarily swap inference-mode parameters/buffers for ordinary clones (no grad) so autograd can save them.
+
+    ComfyUI runs nodes under ``torch.inference_mode()`` and loads weights there, and inference tensors cannot be
+    saved for backward. The originals (LoRA-patched weights included) are put back on exit, also on errors and
+    Cancel, so the shared model is left exactly as it was.
+    """
+    swapped: list[tuple[dict, str, torch.Tensor]] = []
+    try:
+        with torch.inference_mode(False):
+            for mod in module.modules():
+                for store in (mod._parameters, mod._buffers):
+                    for name, t in list(store.items()):
+                        if t is not None and t.is_inference():
+                            clone = t.detach().clone()
+                            store[name] = torch.nn.Parameter(clone, requires_grad=False) if isinstance(t, torch.nn.Parameter) else clone
+                            swapped.append((store, name, t))
+        yield
+    finally:
+        for store, name, t in reversed(swapped):
+            store[name] = t
+
+
+class HostUNet:
+    """``eps(x_t, t, context)`` in DDPM scaling through the host's ``apply_model``."""
+
+    def __init__(self, patcher, sample_sigmas: Optional[torch.Tensor] = None) -> None:
+        self.patcher = patcher
+        self.base = patcher.model
+        self.device = patcher.load_device
+        self.dtype = self.base.get_dtype() if getattr(self.base, "manual_cast_dtype", None) is None else self.base.manual_cast_dtype
+        ms = patcher.get_model_object("model_sampling")
+        self.sigma_table = ms.sigmas.detach().to("cpu", torch.float32).clone()
+        self.model_options = patcher.model_options
+        self.sample_sigmas = sample_sigmas
+        self.calls = 0  # forward evaluations (benchmarks)
+
+    def _transformer_options(self, sigma: torch.Tensor, cond_or_uncond: list[int]) -> dict:
+        opts = comfy.patcher_extension.copy_nested_dicts(self.model_options.get("transformer_options", {}))
+        comfy.patcher_extension.merge_nested_dicts(opts.setdefault("wrappers", {}), self.patcher.wrappers, copy_dict1=False)
+        comfy.patcher_extension.merge_nested_dicts(opts.setdefault("callbacks", {}), self.patcher.callbacks, copy_dict1=False)
+        opts["cond_or_uncond"] = cond_or_uncond
+        opts["sigmas"] = sigma
+        if self.sample_sigmas is not None:
+            opts["sample_sigmas"] = self.sample_sigmas.to(self.device)
+        return opts
+
+    def eps(self, x_t: torch.Tensor, t: int, context: torch.Tensor, cond_or_uncond: int = 0) -> torch.Tensor:
+        """Noise prediction for DDPM-scaled ``x_t`` at integer timestep ``t``; grad flows into ``context``."""
+        sigma_f = float(self.sigma_table[t])
+        alpha = 1.0 / (1.0 + sigma_f * sigma_f)
+        x = x_t.to(self.device, torch.float32)
+        b = x.shape[0]
+        sigma = torch.full((b,), sigma_f, device=self.device, dtype=torch.float32)
+        x_k = x / math.sqrt(alpha)
+        ctx = context.to(self.device)
+        if ctx.shape[0] != b:
+            ctx = ctx.expand(b, *ctx.shape[1:])
+        c = {"c_crossattn": ctx, "transformer_options": self._transformer_options(sigma, [cond_or_uncond])}
+        wrapper = self.model_options.get("model_function_wrapper")
+        self.calls += 1
+        if wrapper is not None:
+            denoised = wrapper(self.base.apply_model, {"input": x_k, "timestep": sigma, "c": c, "cond_or_uncond": [cond_or_uncond]})
+        else:
+            denoised = self.base.apply_model(x_k, sigma, **c)
+        return (x_k - denoised.float()) / sigma_f
