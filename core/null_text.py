@@ -37,6 +37,7 @@ class NullTextResult:
     embeddings: torch.Tensor  # [steps, *null_shape], float32
     iterations: list[int] = field(default_factory=list)  # inner iterations run per step
     losses: list[float] = field(default_factory=list)  # last measured loss per step
+    final_latent: Optional[torch.Tensor] = None  # x after the last guided step: the reconstruction
 
 
 def optimize_null_embeddings(
@@ -47,13 +48,16 @@ def optimize_null_embeddings(
     null_init: torch.Tensor,
     settings: NullTextSettings = NullTextSettings(),
     on_iteration: Optional[Callable[[int, int, bool], None]] = None,
+    eps_uncond_fn: Optional[EpsFn] = None,
 ) -> NullTextResult:
     """Optimise the per-step null embeddings along the pivot ``trajectory`` ([steps + 1, ...], z_0 ... z_T).
 
     ``eps_fn`` must let gradients flow into its context argument. ``on_iteration(step, iteration, stopped)``
-    is called after every inner iteration (progress bars, cancel checks). The embedding and Adam run in
-    float32 whatever the model's dtype.
+    is called after every inner iteration (progress bars, cancel checks). ``eps_uncond_fn`` (default
+    ``eps_fn``) evaluates the unconditional branch. The embedding and Adam run in float32 whatever the model's
+    dtype.
     """
+    eps_u_fn = eps_fn if eps_uncond_fn is None else eps_uncond_fn
     steps = schedule.steps
     if trajectory.shape[0] != steps + 1:
         raise ValueError(f"trajectory has {trajectory.shape[0]} latents, the schedule needs {steps + 1}")
@@ -74,7 +78,7 @@ def optimize_null_embeddings(
         iters, loss_value = 0, float("nan")
         for j in range(settings.inner_steps):
             with torch.enable_grad():
-                eps_u = eps_fn(x_cur, t, null)
+                eps_u = eps_u_fn(x_cur, t, null)
                 prev = ddim_step(x_cur, guided_eps(eps_u, eps_c, w), a_t, a_prev)
                 loss = F.mse_loss(prev.float(), target.float())
                 optimizer.zero_grad(set_to_none=True)
@@ -92,7 +96,8 @@ def optimize_null_embeddings(
         result.iterations.append(iters)
         result.losses.append(loss_value)
         with torch.no_grad():
-            eps_u = eps_fn(x_cur, t, null)
+            eps_u = eps_u_fn(x_cur, t, null)
             x_cur = ddim_step(x_cur, guided_eps(eps_u, eps_c, w), a_t, a_prev).detach()
     result.embeddings = torch.stack(kept)
+    result.final_latent = x_cur
     return result

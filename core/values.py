@@ -81,3 +81,24 @@ class EditResult:
 
     cross_maps: Optional[torch.Tensor] = None  # [n_prompts, h, w, tokens] summed over steps, layers, heads
     map_hw: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class AttentionControl:
+    """What the Attention Controller node decided: prompts (tokenised) and Prompt-to-Prompt settings.
+
+    The step-dependent tensors are built by Edited Sample, when the inversion's step count is known.
+    """
+
+    source: "object"  # PromptTokens
+    targets: list  # list[PromptTokens]
+    mode: str = "replace"
+    cross_replace: float = 0.8
+    word_windows: dict = field(default_factory=dict)
+    self_replace: float = 0.5
+    reweight: list = field(default_factory=list)  # [(word, factor)]
+    blend_words: list = field(default_factory=list)
+    blend_start: float = 0.2
+    blend_threshold: float = 0.3
+    source_fingerprint: str = ""
+    target_fingerprint: str = ""

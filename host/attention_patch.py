@@ -97,7 +97,7 @@ class P2PAttentionPatch:
         step = self.step_of(extra_options)
         key = self.key_of(extra_options)
         record = key in self.map_keys
-        edit_now = self.edit is not None and step is not None and bool(self.edit.cross_alpha[step].any())
+        edit_now = self.edit is not None and step is not None and self.edit.cross_active(step)
         rows = self._cond_rows(extra_options, q.shape[0])
         if step is None or not rows or not (record or edit_now):
             return self._default(q, k, v, extra_options)
@@ -118,8 +118,8 @@ class P2PAttentionPatch:
         step = self.step_of(extra_options)
         key = self.key_of(extra_options)
         rows = self._cond_rows(extra_options, q.shape[0])
-        active = (self.edit is not None and step is not None and key in self.self_keys and rows
-                  and self.edit.self_replace[0] <= step < self.edit.self_replace[1])
+        active = (self.edit is not None and step is not None and key in self.self_keys and bool(rows)
+                  and self.edit.self_active(step))
         if not active:
             return self._default(q, k, v, extra_options)
         heads = extra_options["n_heads"]

@@ -1,0 +1,18 @@
+"""ComfyUI node classes (V3 schema). Node IDs are prefixed ``NTP_`` and never renamed."""
+
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from .attention_controller import AttentionController
+from .ddim_invert import DDIMInvert
+from .edited_sample import EditedSample
+from .null_text_optimize import NullTextOptimize
+
+NODES: list[type[io.ComfyNode]] = [DDIMInvert, NullTextOptimize, AttentionController, EditedSample]
+
+
+class NullTextP2PExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

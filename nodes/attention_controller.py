@@ -1,0 +1,131 @@
+"""Attention Controller node: Prompt-to-Prompt settings, prompts tokenised with the graph's CLIP."""
+
+from __future__ import annotations
+
+import torch
+
+from comfy_api.latest import io
+
+from ..core.attention_edit import build_attention_edit, parse_word_list, parse_word_values, parse_word_windows
+from ..core.prompt_tokens import PromptError
+from ..core.values import AttentionControl
+from ..host.errors import NodeInputError
+from ..host.tokens import prompt_tokens
+from . import types
+from .common import cond_fingerprint
+
+NODE = "Attention Controller"
+MODES = ["replace", "refine"]
+
+
+def encode(clip, text: str) -> list:
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def stack_conditioning(conds: list[list]) -> list:
+    """One CONDITIONING whose embedding holds one row per prompt (rows of the latent batch)."""
+    embs = [c[0][0] for c in conds]
+    extra = dict(conds[0][0][1])
+    pooled = [c[0][1].get("pooled_output") for c in conds]
+    if all(p is not None for p in pooled):
+        extra["pooled_output"] = torch.cat(pooled)
+    return [[torch.cat(embs), extra]]
+
+
+def build_control(clip, source_prompt: str, target_prompts: str, mode: str, cross_replace: float, self_replace: float,
+                  word_windows: str, reweight: str, blend_words: str, blend_threshold: float, blend_start: float):
+    """Parse and check everything now (errors show on this node); return the control and both conditionings."""
+    def fail(input_name: str, err: Exception, fix: str) -> NodeInputError:
+        return NodeInputError(NODE, input_name, str(err), fix)
+
+    if mode not in MODES:
+        raise NodeInputError(NODE, "mode", f"unknown mode '{mode}'.", f"choose one of {MODES}.")
+    try:
+        source = prompt_tokens(clip, source_prompt)
+    except PromptError as e:
+        raise fail("source_prompt", e, "type the caption used for inversion as plain words.") from e
+    lines = [line.strip() for line in target_prompts.splitlines() if line.strip()]
+    if not lines:
+        raise NodeInputError(NODE, "target_prompts", "no target prompt was given.",
+                             "type the edited caption, e.g. the source with one word changed (one edit per line).")
+    try:
+        targets = [prompt_tokens(clip, line) for line in lines]
+    except PromptError as e:
+        raise fail("target_prompts", e, "write each edited caption as plain words, one per line.") from e
+    try:
+        windows = parse_word_windows(word_windows) if word_windows.strip() else {}
+    except PromptError as e:
+        raise fail("word_windows", e, "write e.g. 'tiger=0.0-0.4; sofa=0.6'.") from e
+    try:
+        weights = parse_word_values(reweight) if reweight.strip() else []
+    except PromptError as e:
+        raise fail("reweight", e, "write e.g. 'tiger=2, fluffy=0.5'.") from e
+    try:
+        blend = parse_word_list(blend_words) if blend_words.strip() else []
+    except PromptError as e:
+        raise fail("blend_words", e, "write e.g. 'cat, tiger'.") from e
+    control = AttentionControl(source=source, targets=targets, mode=mode, cross_replace=cross_replace,
+                               word_windows=windows, self_replace=self_replace, reweight=weights, blend_words=blend,
+                               blend_start=blend_start, blend_threshold=blend_threshold)
+    try:  # validate words, counts and windows now with the reference step count
+        build_edit(control, 50)
+    except PromptError as e:
+        msg = str(e)
+        field = ("reweight" if "reweight" in msg.lower() else "blend_words" if "blend" in msg.lower()
+                 else "word_windows" if "window" in msg.lower() else "target_prompts")
+        fixes = {"target_prompts": "for word swaps keep the same number of words, or choose mode 'refine'.",
+                 "reweight": "reweight words that appear in the target prompt.",
+                 "blend_words": "choose blend words that appear in the source or target prompt.",
+                 "word_windows": "use windows within 0..1 with start <= end."}
+        raise fail(field, e, fixes[field]) from e
+    source_cond = encode(clip, source_prompt)
+    target_cond = stack_conditioning([encode(clip, line) for line in lines])
+    control.source_fingerprint = cond_fingerprint(source_cond[0][0])
+    control.target_fingerprint = cond_fingerprint(target_cond[0][0])
+    return control, source_cond, target_cond
+
+
+def build_edit(control: AttentionControl, num_steps: int):
+    return build_attention_edit(
+        control.source, control.targets, control.mode, num_steps=num_steps, cross_replace=control.cross_replace,
+        word_windows=control.word_windows or None, self_replace=control.self_replace,
+        reweight=control.reweight or None, blend_words=control.blend_words or None,
+        blend_start=control.blend_start, blend_threshold=control.blend_threshold)
+
+
+class AttentionController(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="NTP_AttentionController",
+            display_name="Attention Controller (Null-text P2P)",
+            category=f"{types.CATEGORY}/editing",
+            description="Prompt-to-Prompt: the edited prompts take the source prompt's attention maps so that only "
+                        "what the changed words describe changes. Word swap (replace), added words (refine), "
+                        "reweighting words and local blend.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The CLIP of the SD 1.x checkpoint (tokenises the prompts so words map to tokens)."),
+                io.String.Input("source_prompt", multiline=True, default="a cat sitting on a table", tooltip="The caption of the photo, exactly as used for DDIM Invert."),
+                io.String.Input("target_prompts", multiline=True, default="a tiger sitting on a table", tooltip="The edited caption(s), one per line; each line gives one edit in the output batch."),
+                io.Combo.Input("mode", options=MODES, default="replace", tooltip="replace: swap words (same number of words, e.g. cat -> tiger). refine: add or remove words ('a table' -> 'a wooden table')."),
+                io.Float.Input("cross_replace", default=0.8, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the steps during which edited prompts use the source's cross-attention maps (0.8 in the paper). Lower lets the edit drift further from the photo's layout; higher keeps more of it."),
+                io.Float.Input("self_replace", default=0.5, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the first steps during which edited prompts use the source's self-attention maps (0.4-0.6 in the paper). Higher keeps more structure; too high can block the edit."),
+                io.String.Input("word_windows", default="", tooltip="Optional per-word cross-replace windows, e.g. 'tiger=0.0-0.4; sofa=0.6' (a single number x means 0..x). Empty: use cross_replace for all words."),
+                io.String.Input("reweight", default="", tooltip="Optional word=factor list applied to the target prompt's attention, e.g. 'tiger=2, fluffy=0.5' (>1 strengthens, <1 weakens, negative removes)."),
+                io.String.Input("blend_words", default="", tooltip="Optional local blend words, e.g. 'cat, tiger': only the region these words attend to may change; the rest stays the reconstruction. Empty: no local blend."),
+                io.Float.Input("blend_threshold", default=0.3, min=0.0, max=1.0, step=0.01, tooltip="Local blend mask threshold on the max-normalised attention map (0.3 in the paper). Lower grows the edited region."),
+                io.Float.Input("blend_start", default=0.2, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the steps after which local blend starts (0.2 in the paper)."),
+            ],
+            outputs=[
+                io.Custom("NTP_ATTENTION_CONTROL").Output("control", tooltip="The Prompt-to-Prompt settings for Edited Sample."),
+                io.Conditioning.Output("source", tooltip="The source prompt encoded with this CLIP (can feed DDIM Invert and Null-Text Optimize)."),
+                io.Conditioning.Output("target", tooltip="The target prompt(s) encoded, one row per line, for Edited Sample."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip, source_prompt, target_prompts, mode, cross_replace, self_replace, word_windows, reweight,
+                blend_words, blend_threshold, blend_start) -> io.NodeOutput:
+        control, source, target = build_control(clip, source_prompt, target_prompts, mode, cross_replace, self_replace,
+                                                word_windows, reweight, blend_words, blend_threshold, blend_start)
+        return io.NodeOutput(control, source, target)

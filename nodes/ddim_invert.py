@@ -1,0 +1,84 @@
+"""DDIM Invert node: the pivot trajectory z_0 ... z_T of an image latent."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+from comfy_api.latest import io
+
+from ..core.ddim import ddim_invert
+from ..core.schedule import DDIMSchedule
+from ..core.values import Inversion
+from ..host.unet import HostUNet, alphas_cumprod, check_model_family, conditioning_tensor, load_model
+from . import types
+from .common import interrupt_check, single_latent
+
+NODE = "DDIM Invert"
+
+
+def run_inversion(model, source, latent: dict, steps: int, node: str = NODE) -> Inversion:
+    """Invert one latent with the source prompt at guidance 1 (reference semantics)."""
+    family = check_model_family(model, node)
+    samples = single_latent(latent, node)
+    if steps < 1 or steps > 1000:
+        raise ValueError(f"[{node}] input 'steps': {steps} is out of range. Fix: use 1..1000 (50 is the reference).")
+    emb = conditioning_tensor(source, node, "source")
+    load_model(model)
+    schedule = DDIMSchedule.from_alphas_cumprod(alphas_cumprod(model), steps)
+    unet = HostUNet(model, sample_sigmas=schedule.sigmas())
+    z0 = model.model.process_latent_in(samples.to(unet.device, torch.float32))
+    pbar = comfy.utils.ProgressBar(steps)
+
+    def on_step(_j: int) -> None:
+        pbar.update(1)
+        interrupt_check()
+
+    interrupt_check()
+    with torch.no_grad():
+        trajectory = ddim_invert(lambda x, t, c: unet.eps(x, t, c, 0), schedule, z0, emb, on_step)
+    offload = comfy.model_management.intermediate_device()
+    return Inversion(
+        latents=trajectory.to(offload, torch.float32),
+        schedule=schedule,
+        source_context=emb.detach().to(offload, torch.float32).clone(),
+        model_family=family,
+    )
+
+
+def noise_latent(model, inversion: Inversion) -> dict:
+    """x_T in the host's sampler scaling (feed a sampler with add_noise off and this pack's sigmas)."""
+    x_k = inversion.x_T / math.sqrt(inversion.schedule.alphas_cumprod[0])
+    return {"samples": model.model.process_latent_out(x_k.to(torch.float32)).to(comfy.model_management.intermediate_device())}
+
+
+class DDIMInvert(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="NTP_DDIMInvert",
+            display_name="DDIM Invert (Null-text P2P)",
+            category=f"{types.CATEGORY}/inversion",
+            description="Runs DDIM backwards from the image latent to noise with the source prompt (guidance 1), "
+                        "keeping every latent of the way: the pivot trajectory that Null-Text Optimize and "
+                        "Edited Sample follow.",
+            inputs=[
+                io.Model.Input("model", tooltip="An SD 1.x model (from Load Checkpoint; LoRA and other model patches are honoured)."),
+                io.Conditioning.Input("source", tooltip="The source prompt: a caption of the image (CLIP Text Encode), e.g. 'a cat sitting on a table'."),
+                io.Latent.Input("latent", tooltip="The image latent from VAE Encode (one image; any size that is a multiple of 8 px, 512x512 is the reference)."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps (leading spacing, offset 1). 50 reproduces the paper; Null-Text Optimize and Edited Sample use the same schedule."),
+            ],
+            outputs=[
+                io.Custom("NTP_INVERSION").Output("inversion", tooltip="The pivot trajectory z_0..z_T with its schedule, for Null-Text Optimize and Edited Sample."),
+                io.Latent.Output("noise_latent", tooltip="x_T in the host's sampler scaling (for a host sampler with add_noise off and the sigmas output)."),
+                io.Sigmas.Output("sigmas", tooltip="The schedule as k-diffusion sigmas (steps + 1 values, ending at alpha-bar[0], not 0)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, source, latent, steps) -> io.NodeOutput:
+        inversion = run_inversion(model, source, latent, steps)
+        return io.NodeOutput(inversion, noise_latent(model, inversion), inversion.schedule.sigmas())

@@ -1,0 +1,139 @@
+"""Edited Sample node: sample from x_T with the per-step null embeddings and Prompt-to-Prompt edits."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+import torch
+
+import comfy.model_management
+import comfy.patcher_extension
+import latent_preview
+from comfy_api.latest import io
+
+from ..core.prompt_tokens import PromptError
+from ..core.values import AttentionControl, EditResult, Inversion, NullEmbeddings
+from ..host.attention_patch import P2PAttentionPatch
+from ..host.edit_sampler import WRAPPER_KEY, NullEmbeddingWrapper, ddim_sampler, sample_from_inversion
+from ..host.errors import NodeInputError
+from ..host.unet import check_model_family, conditioning_tensor, load_model
+from ..host.unet_layers import attention_layers, blend_downsample
+from . import types
+from .attention_controller import build_edit
+from .common import cond_fingerprint
+from .null_text_optimize import check_inversion, check_source_matches
+
+NODE = "Edited Sample"
+
+
+def check_null_embeddings(null: NullEmbeddings, inversion: Inversion, node: str) -> None:
+    if not isinstance(null, NullEmbeddings):
+        raise NodeInputError(node, "null_embeddings", f"expected null embeddings, got {type(null).__name__}.",
+                             "connect the 'null_embeddings' output of Null-Text Optimize.")
+    if null.steps != inversion.steps:
+        raise NodeInputError(node, "null_embeddings", f"they have {null.steps} steps but the inversion has {inversion.steps}.",
+                             "connect the Null-Text Optimize that was fed this DDIM Invert's inversion.")
+    if null.inversion_fingerprint != inversion.fingerprint:
+        raise NodeInputError(node, "null_embeddings", "they were optimised for another inversion (another image, prompt, model or step count).",
+                             "connect the Null-Text Optimize that was fed this DDIM Invert's inversion.")
+
+
+def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, control: Optional[AttentionControl],
+             guidance: float, node: str = NODE, preview: bool = True) -> tuple[torch.Tensor, EditResult]:
+    """Returns the model-space latent batch [reconstruction, edit 1, ...] and attention statistics."""
+    check_model_family(model, node)
+    check_inversion(inversion, node)
+    check_null_embeddings(null, inversion, node)
+    src = conditioning_tensor(source, node, "source")
+    check_source_matches(src, inversion, node)
+    if guidance < 0:
+        raise NodeInputError(node, "guidance", f"{guidance} is negative.", "use the guidance of Null-Text Optimize (7.5).")
+    if not math.isclose(guidance, null.guidance, rel_tol=1e-6):
+        logging.warning("[%s] guidance %.3g differs from the %.3g the null embeddings were optimised for: the "
+                        "reconstruction will not match the photo.", node, guidance, null.guidance)
+    tgt = None
+    if target is not None:
+        if not isinstance(target, list) or len(target) != 1:
+            raise NodeInputError(node, "target", "expected the 'target' CONDITIONING of the Attention Controller (one entry).",
+                                 "connect the Attention Controller's target output.")
+        tgt = target[0][0]
+        if tgt.shape[1:] != src.shape[1:]:
+            raise NodeInputError(node, "target", f"its embedding shape {list(tgt.shape[1:])} differs from the source's {list(src.shape[1:])}.",
+                                 "encode source and target with the same CLIP, each within 75 tokens.")
+    if control is not None:
+        if not isinstance(control, AttentionControl):
+            raise NodeInputError(node, "control", f"expected an attention control, got {type(control).__name__}.",
+                                 "connect the 'control' output of the Attention Controller.")
+        if tgt is None or control.target_fingerprint != cond_fingerprint(tgt):
+            raise NodeInputError(node, "target", "it is not the target conditioning this attention control was made for.",
+                                 "connect the Attention Controller's 'target' output to 'target'.")
+        if control.source_fingerprint != cond_fingerprint(src):
+            raise NodeInputError(node, "control", "the controller's source prompt differs from the source used for inversion.",
+                                 "type exactly the inversion's caption as the controller's source_prompt (or feed its 'source' output to DDIM Invert).")
+    n_prompts = 1 + (0 if tgt is None else tgt.shape[0])
+    schedule = inversion.schedule
+
+    load_model(model)
+    patcher = model.clone()
+    layers = attention_layers(patcher.model.diffusion_model)
+    edit = None
+    if control is not None:
+        try:
+            edit = build_edit(control, schedule.steps)
+        except PromptError as e:
+            raise NodeInputError(node, "control", str(e), "fix the Attention Controller's inputs.") from e
+    patch = P2PAttentionPatch(edit, schedule, n_prompts, layers, blend_downsample(layers))
+    patch.install(patcher, layers)
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
+                                 NullEmbeddingWrapper(null.embeddings, schedule))
+
+    def blend(x: torch.Tensor, step: int) -> torch.Tensor:
+        if edit is None or not edit.blend_active(step):
+            return x
+        maps = patch.mean_maps()
+        if maps is None:
+            return x
+        mask = edit.blend_mask(maps.unsqueeze(1).to(x.device), (x.shape[-2], x.shape[-1]))
+        return edit.apply_blend(x, mask.to(x.dtype))
+
+    rows = [src] if tgt is None else [src, tgt.to(src.device, src.dtype)]
+    positive = [[torch.cat(rows), {}]]
+    negative = [[null.embeddings[0].clone(), {}]]
+    x_T = inversion.x_T.repeat(n_prompts, 1, 1, 1)
+    callback = latent_preview.prepare_callback(patcher, schedule.steps) if preview else None
+    out = sample_from_inversion(patcher, x_T, schedule, positive, negative, guidance,
+                                ddim_sampler(blend if (edit is not None and edit.has_blend) else None), callback)
+    return out, EditResult(cross_maps=patch.mean_maps(), map_hw=patch.map_hw)
+
+
+class EditedSample(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="NTP_EditedSample",
+            display_name="Edited Sample (Null-text P2P)",
+            category=f"{types.CATEGORY}/editing",
+            description="Samples from the inversion's x_T with the optimised null embeddings: row 0 is the "
+                        "reconstruction of the photo, rows 1.. the edits (one per target prompt), with "
+                        "Prompt-to-Prompt attention control when connected. Decode with VAE Decode.",
+            inputs=[
+                io.Model.Input("model", tooltip="The same SD 1.x model used for inversion (it is cloned and patched; the input stays untouched)."),
+                io.Custom("NTP_INVERSION").Input("inversion", tooltip="The 'inversion' output of DDIM Invert (x_T and the schedule)."),
+                io.Custom("NTP_NULL_EMBEDDINGS").Input("null_embeddings", tooltip="The per-step null embeddings of Null-Text Optimize for this inversion."),
+                io.Conditioning.Input("source", tooltip="The source prompt CONDITIONING used for inversion."),
+                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Guidance scale; use the one the null embeddings were optimised with (7.5)."),
+                io.Conditioning.Input("target", optional=True, tooltip="The Attention Controller's target CONDITIONING (one row per edit). Without it only the reconstruction is made."),
+                io.Custom("NTP_ATTENTION_CONTROL").Input("control", optional=True, tooltip="The Attention Controller's control. Without it the targets are sampled without attention control (a naive edit)."),
+            ],
+            outputs=[
+                io.Latent.Output("latent", tooltip="Batch [reconstruction, edit 1, edit 2, ...] for VAE Decode."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, null_embeddings, source, guidance, target=None, control=None) -> io.NodeOutput:
+        out, _ = run_edit(model, inversion, null_embeddings, source, target, control, guidance)
+        samples = model.model.process_latent_out(out).to(comfy.model_management.intermediate_device())
+        return io.NodeOutput({"samples": samples})

@@ -1,0 +1,106 @@
+"""Null-Text Optimize node: per-step unconditional embeddings that make guided DDIM reconstruct the image."""
+
+from __future__ import annotations
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+from comfy_api.latest import io
+
+from ..core.null_text import NullTextSettings, optimize_null_embeddings
+from ..core.values import Inversion, NullEmbeddings
+from ..host.errors import NodeInputError
+from ..host.unet import HostUNet, check_model_family, conditioning_tensor, grad_capable_weights, load_model
+from . import types
+from .common import cond_fingerprint, interrupt_check
+
+NODE = "Null-Text Optimize"
+
+
+def check_inversion(inversion, node: str, input_name: str = "inversion") -> Inversion:
+    if not isinstance(inversion, Inversion):
+        raise NodeInputError(node, input_name, f"expected an inversion, got {type(inversion).__name__}.",
+                             "connect the 'inversion' output of DDIM Invert.")
+    return inversion
+
+
+def check_source_matches(emb: torch.Tensor, inversion: Inversion, node: str, input_name: str = "source") -> None:
+    if cond_fingerprint(emb) != inversion.source_fingerprint:
+        raise NodeInputError(node, input_name, "this source prompt is not the one DDIM Invert used.",
+                             "connect the same source CONDITIONING (same text, same CLIP) to DDIM Invert and this node.")
+
+
+def run_null_text(model, source, null, inversion: Inversion, guidance: float, inner_steps: int, epsilon: float,
+                  node: str = NODE) -> tuple[NullEmbeddings, torch.Tensor]:
+    """Optimise the per-step null embeddings; returns them and the reconstruction latent (model space)."""
+    check_model_family(model, node)
+    check_inversion(inversion, node)
+    cond = conditioning_tensor(source, node, "source")
+    null_emb = conditioning_tensor(null, node, "null")
+    check_source_matches(cond, inversion, node)
+    if guidance < 0:
+        raise NodeInputError(node, "guidance", f"{guidance} is negative.", "use the guidance you will edit with (7.5 in the paper).")
+    if inner_steps < 0:
+        raise NodeInputError(node, "inner_steps", f"{inner_steps} is negative.", "use 10 (the paper) or fewer for speed.")
+    load_model(model)
+    schedule = inversion.schedule
+    unet = HostUNet(model, sample_sigmas=schedule.sigmas())
+    settings = NullTextSettings(guidance=guidance, inner_steps=inner_steps, epsilon=epsilon)
+    pbar = comfy.utils.ProgressBar(max(1, schedule.steps * max(inner_steps, 1)))
+
+    def on_iteration(step: int, j: int, stopped: bool) -> None:
+        pbar.update(1 + ((inner_steps - j - 1) if stopped else 0))
+        interrupt_check()
+
+    interrupt_check()
+    with grad_capable_weights(model.model), torch.inference_mode(False):
+        device = unet.device
+        trajectory = inversion.latents.to(device).clone()
+        result = optimize_null_embeddings(
+            lambda x, t, c: unet.eps(x, t, c, 0), schedule, trajectory, cond.to(device).clone(),
+            null_emb.to(device, torch.float32).clone(), settings, on_iteration,
+            eps_uncond_fn=lambda x, t, c: unet.eps(x, t, c, 1))
+    offload = comfy.model_management.intermediate_device()
+    value = NullEmbeddings(
+        embeddings=result.embeddings.detach().to(offload, torch.float32),
+        inversion_fingerprint=inversion.fingerprint,
+        guidance=guidance,
+        method="null-text",
+        iterations=list(result.iterations),
+        losses=list(result.losses),
+    )
+    return value, result.final_latent.detach().to(offload, torch.float32)
+
+
+class NullTextOptimize(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="NTP_NullTextOptimize",
+            display_name="Null-Text Optimize (Null-text P2P)",
+            category=f"{types.CATEGORY}/inversion",
+            description="Optimises one unconditional ('null-text') embedding per DDIM step so that guided sampling from "
+                        "x_T follows the inversion back to the image (Mokady et al. 2023). Slow: up to "
+                        "steps x inner steps UNet forward+backward passes; run it once and edit many times.",
+            inputs=[
+                io.Model.Input("model", tooltip="The same SD 1.x model used for DDIM Invert."),
+                io.Conditioning.Input("source", tooltip="The same source prompt CONDITIONING used for DDIM Invert."),
+                io.Conditioning.Input("null", tooltip="CLIP Text Encode of the empty prompt \"\": the starting null embedding."),
+                io.Custom("NTP_INVERSION").Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),
+                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale to reconstruct (and later edit) with. 7.5 in the paper; Edited Sample should use the same."),
+                io.Int.Input("inner_steps", default=10, min=0, max=100, tooltip="Adam iterations per DDIM step at most (10 in the paper). Fewer is faster and reconstructs less exactly."),
+                io.Float.Input("epsilon", default=1e-5, min=0.0, max=1.0, step=1e-6, round=1e-7, tooltip="Early stop: a step stops when its loss falls below epsilon + step x 2e-5 (1e-5 in the paper). Larger is faster."),
+            ],
+            outputs=[
+                io.Custom("NTP_NULL_EMBEDDINGS").Output("null_embeddings", tooltip="One optimised unconditional embedding per DDIM step, tied to this inversion."),
+                io.Latent.Output("reconstruction", tooltip="The guided reconstruction reached with the optimised embeddings (VAE Decode it to check the inversion)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, source, null, inversion, guidance, inner_steps, epsilon) -> io.NodeOutput:
+        value, final = run_null_text(model, source, null, inversion, guidance, inner_steps, epsilon)
+        recon = {"samples": model.model.process_latent_out(final)}
+        return io.NodeOutput(value, recon, ui={"text": [
+            f"{value.total_iterations} inner iterations over {value.steps} steps; last loss {value.losses[-1]:.3g}"]})
