@@ -1,0 +1,462 @@
+"""Prompt-to-Prompt attention editing (replace / refine / reweight / local blend), pure torch.
+
+Re-implements, on tokenised prompts (:class:`PromptTokens`), the semantics of the controllers in the
+reference notebook ``null_text_w_ptp.ipynb`` (google/prompt-to-prompt): ``AttentionControlEdit.forward``,
+``AttentionReplace`` / ``AttentionRefine`` / ``AttentionReweight.replace_cross_attention``,
+``replace_self_attention``, ``LocalBlend`` and ``get_equalizer``, plus ``ptp_utils``'s
+``get_time_words_attention_alpha``.
+
+Batch convention: row 0 of every tensor is the source prompt, rows 1.. the edited prompts. Steps are DDIM
+step indices, 0-based; step 0 is the first sampling step (highest noise), ``num_steps - 1`` the last.
+Only the conditional branch's attention is edited.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as nnf
+
+from .prompt_tokens import PromptError, PromptTokens, normalize_word
+from .seq_aligner import refinement_mapper, replacement_mapper
+
+__all__ = [
+    "AttentionEdit",
+    "PromptError",
+    "build_attention_edit",
+    "parse_word_list",
+    "parse_word_values",
+    "parse_word_windows",
+    "MODES",
+]
+
+MODES = ("replace", "refine")
+
+_SEP = re.compile(r"[,;\n]")
+_NUM = r"(\d+(?:\.\d*)?|\.\d+)"
+_WINDOW_RANGE = re.compile(rf"^{_NUM}\s*(?:-|\.\.|to)\s*{_NUM}$")
+_WINDOW_SINGLE = re.compile(rf"^{_NUM}$")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parsing of node inputs
+# --------------------------------------------------------------------------------------------------------
+
+
+def _items(text: str, seps: re.Pattern = _SEP) -> list[str]:
+    return [s.strip() for s in seps.split(text or "") if s.strip()]
+
+
+def parse_word_values(text: str) -> list[tuple[str, float]]:
+    """Parse ``"tiger=2, fluffy=0.5"`` into ``[("tiger", 2.0), ("fluffy", 0.5)]``.
+
+    Items are separated by commas, semicolons or new lines; a word may be a multi-word phrase
+    (``"red car=2"``). Empty input gives ``[]``.
+    """
+    syntax = "expected 'word=value' items separated by commas, e.g. 'tiger=2, fluffy=0.5'"
+    out: list[tuple[str, float]] = []
+    for item in _items(text):
+        word, eq, value = item.partition("=")
+        word, value = word.strip(), value.strip()
+        if not eq or "=" in value or not normalize_word(word):
+            raise PromptError(f"cannot read {item!r}: {syntax}")
+        try:
+            v = float(value)
+        except ValueError:
+            raise PromptError(f"cannot read the value of {item!r}: {syntax}") from None
+        if not math.isfinite(v):
+            raise PromptError(f"the value of {item!r} is not a finite number: {syntax}")
+        out.append((word, v))
+    return out
+
+
+def parse_word_list(text: str) -> list[str]:
+    """Parse ``"cat, tiger"`` into ``["cat", "tiger"]`` (commas, semicolons or new lines separate)."""
+    out: list[str] = []
+    for item in _items(text):
+        if "=" in item or not normalize_word(item):
+            raise PromptError(
+                f"cannot read {item!r}: expected words or phrases separated by commas, e.g. 'cat, tiger'"
+            )
+        out.append(item)
+    return out
+
+
+def _check_window(what: str, start: float, end: float) -> tuple[float, float]:
+    if not (0.0 <= start <= 1.0 and 0.0 <= end <= 1.0):
+        raise PromptError(f"{what}: the window ({start}, {end}) must lie within [0, 1] (fractions of the steps)")
+    if start > end:
+        raise PromptError(f"{what}: the window start {start} is after its end {end}")
+    return float(start), float(end)
+
+
+def _as_window(what: str, value: float | Sequence[float]) -> tuple[float, float]:
+    """A number x means (0, x) like the reference; a pair is (start, end)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _check_window(what, 0.0, float(value))
+    try:
+        start, end = value  # type: ignore[misc]
+        return _check_window(what, float(start), float(end))
+    except (TypeError, ValueError) as e:
+        if isinstance(e, PromptError):
+            raise
+        raise PromptError(f"{what}: expected a number or a (start, end) pair, got {value!r}") from None
+
+
+def parse_word_windows(text: str) -> dict[str, tuple[float, float]]:
+    """Parse ``"tiger=0.0-0.4; sofa=0.2"`` into ``{"tiger": (0.0, 0.4), "sofa": (0.0, 0.2)}``.
+
+    Each window is ``start-end`` (fractions of the steps in [0, 1]) or a single number x meaning (0, x),
+    like the reference. Items are separated by semicolons, commas or new lines.
+    """
+    syntax = "expected 'word=start-end' or 'word=end' items separated by ';', e.g. 'tiger=0.0-0.4; sofa=0.2'"
+    out: dict[str, tuple[float, float]] = {}
+    for item in _items(text):
+        word, eq, value = item.partition("=")
+        word, value = word.strip(), value.strip()
+        if not eq or not normalize_word(word):
+            raise PromptError(f"cannot read {item!r}: {syntax}")
+        m = _WINDOW_RANGE.match(value)
+        if m:
+            window = (float(m.group(1)), float(m.group(2)))
+        else:
+            m = _WINDOW_SINGLE.match(value)
+            if not m:
+                raise PromptError(f"cannot read the window of {item!r}: {syntax}")
+            window = (0.0, float(m.group(1)))
+        if word in out:
+            raise PromptError(f"the word {word!r} has two windows: {syntax}")
+        out[word] = _check_window(f"window of {word!r}", *window)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# The edit
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class AttentionEdit:
+    """Everything needed to edit attention during sampling; tensors and plain numbers only.
+
+    Methods never modify the stored tensors in place, so copies may share them. Equality is identity.
+
+    Attributes:
+        num_steps: number of DDIM steps the edit was built for.
+        n_prompts: 1 source + number of edited prompts (rows of the batch).
+        mode: "replace" (word swap) or "refine" (words added).
+        max_len: number of text tokens (cross-attention keys), 77.
+        mapper: replace: [n_edits, max_len, max_len] float (source pos -> target pos weights);
+            refine: [n_edits, max_len] int64 (aligned source position per target position, -1 = none).
+        refine_alphas: refine only, [n_edits, max_len] float: 1 where the target token is aligned.
+        equalizer: optional [n_edits, max_len] float: reweight factors (1 = unchanged).
+        cross_alpha: [num_steps + 1, n_edits, max_len] float: 1 where the edited map is used at that step.
+        self_replace: (start, end): self-attention is replaced for steps ``start <= step < end``.
+        word_alpha: optional [n_prompts, max_len] float: 1 at the tokens of the local-blend words.
+        blend_start: local blend is applied to the latent produced by step ``step`` iff ``step >= blend_start``
+            (reference: ``counter > int(start_blend * num_steps)`` with the counter incremented once per step
+            before the test, so with 50 steps and start 0.2 steps 10..49 are blended, 0..9 are not).
+        blend_threshold: threshold on the max-normalised map (reference ``th[0]`` = 0.3).
+    """
+
+    num_steps: int
+    n_prompts: int
+    mode: str
+    max_len: int
+    mapper: torch.Tensor
+    cross_alpha: torch.Tensor
+    self_replace: tuple[int, int]
+    refine_alphas: torch.Tensor | None = None
+    equalizer: torch.Tensor | None = None
+    word_alpha: torch.Tensor | None = None
+    blend_start: int = 10
+    blend_threshold: float = 0.3
+
+    # ---- bookkeeping -------------------------------------------------------------------------------------
+
+    @property
+    def n_edits(self) -> int:
+        return self.n_prompts - 1
+
+    @property
+    def has_blend(self) -> bool:
+        return self.word_alpha is not None
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "AttentionEdit":
+        """A copy with the float tensors on ``device`` in ``dtype`` (integer tensors keep their dtype)."""
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                v = v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else None)
+                kw[f.name] = v
+            else:
+                kw[f.name] = copy.deepcopy(v)
+        return AttentionEdit(**kw)
+
+    def cross_active(self, step: int) -> bool:
+        """Whether :meth:`edit_cross` changes anything at ``step``."""
+        self._check_step(step)
+        return bool((self.cross_alpha[step] != 0).any())
+
+    def self_active(self, step: int) -> bool:
+        """Whether :meth:`edit_self` replaces the maps at ``step``."""
+        return self.self_replace[0] <= step < self.self_replace[1]
+
+    def blend_active(self, step: int) -> bool:
+        """Whether the latent produced by DDIM step ``step`` is locally blended."""
+        return self.word_alpha is not None and step >= self.blend_start
+
+    def _check_step(self, step: int) -> None:
+        if not 0 <= step <= self.num_steps:
+            raise ValueError(f"step {step} is outside 0..{self.num_steps} for an edit built for {self.num_steps} steps")
+
+    # ---- attention ---------------------------------------------------------------------------------------
+
+    def edit_cross(self, attn: torch.Tensor, step: int) -> torch.Tensor:
+        """Edit conditional cross-attention probabilities ``attn`` [n_prompts, heads, Q, max_len] at ``step``.
+
+        Row 0 (source) is returned unchanged; rows 1.. become
+        ``edited * cross_alpha[step] + attn_i * (1 - cross_alpha[step])`` where ``edited`` is the source map
+        through the mapper (replace: ``einsum(hpw,bwn->bhpn)``; refine: gather by the alignment, then
+        ``* alphas + attn_i * (1 - alphas)``), multiplied by the equalizer if reweighting. Returns a new tensor.
+        """
+        self._check_step(step)
+        if attn.dim() != 4 or attn.shape[0] != self.n_prompts:
+            raise ValueError(
+                f"edit_cross expects attention [n_prompts={self.n_prompts}, heads, queries, keys], got {tuple(attn.shape)}"
+            )
+        if attn.shape[-1] != self.max_len:
+            raise ValueError(
+                f"edit_cross expects exactly {self.max_len} text tokens (keys) per prompt, got {attn.shape[-1]}; "
+                f"longer or chunked text contexts are not supported"
+            )
+        dev, dt = attn.device, attn.dtype
+        base, rep = attn[0], attn[1:]
+        if self.mode == "replace":
+            new = torch.einsum("hpw,bwn->bhpn", base, self.mapper.to(dev, dt))
+        else:
+            assert self.refine_alphas is not None
+            a = self.refine_alphas.to(dev, dt)[:, None, None, :]
+            new = base[:, :, self.mapper.to(dev)].permute(2, 0, 1, 3)
+            new = new * a + rep * (1 - a)
+        if self.equalizer is not None:
+            new = new * self.equalizer.to(dev, dt)[:, None, None, :]
+        alpha = self.cross_alpha[step].to(dev, dt)[:, None, None, :]
+        out_rep = new * alpha + (1 - alpha) * rep
+        return torch.cat([base[None], out_rep], dim=0)
+
+    def edit_self(self, attn: torch.Tensor, step: int) -> torch.Tensor:
+        """Self-attention ``attn`` [n_prompts, heads, Q, Q]: inside the self-replace range rows 1.. take row 0.
+
+        The caller decides which layers are eligible (reference: layers with Q <= 32**2 at 512 px).
+        Outside the range the input itself is returned.
+        """
+        if attn.dim() != 4 or attn.shape[0] != self.n_prompts:
+            raise ValueError(
+                f"edit_self expects attention [n_prompts={self.n_prompts}, heads, queries, keys], got {tuple(attn.shape)}"
+            )
+        if not self.self_active(step):
+            return attn
+        return attn[:1].expand(self.n_prompts, *attn.shape[1:]).clone()
+
+    # ---- local blend -------------------------------------------------------------------------------------
+
+    def blend_mask(self, maps: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+        """Local-blend mask [n_prompts, 1, H, W] (float 0/1) from cross-attention maps.
+
+        ``maps`` [n_prompts, n_maps, h, w, max_len]: the conditional cross-attention probabilities of the
+        chosen layers (reference: the five 16x16 layers at 512 px), all heads as separate maps, summed or
+        averaged over all steps so far including the current one (the reference passes its running sum;
+        the scale cancels in the normalisation). Reference ``LocalBlend.get_mask(use_pool=True)``: sum over the
+        blend words' tokens, mean over maps, 3x3 max-pool (stride 1, pad 1), nearest resize to ``latent_hw``,
+        divide by each prompt's max, ``> blend_threshold``, union with the source's mask.
+        """
+        if self.word_alpha is None:
+            raise ValueError("this edit has no local blend (no blend words were given)")
+        if maps.dim() != 5 or maps.shape[0] != self.n_prompts or maps.shape[-1] != self.max_len:
+            raise ValueError(
+                f"blend_mask expects maps [n_prompts={self.n_prompts}, n_maps, h, w, {self.max_len}], "
+                f"got {tuple(maps.shape)}"
+            )
+        m = maps.float()
+        alpha = self.word_alpha.to(m.device, torch.float32)[:, None, None, None, :]
+        m = (m * alpha).sum(-1).mean(1, keepdim=True)
+        m = nnf.max_pool2d(m, (3, 3), (1, 1), padding=(1, 1))
+        mask = nnf.interpolate(m, size=tuple(int(s) for s in latent_hw))
+        mask = mask / mask.amax(dim=(2, 3), keepdim=True)
+        mask = mask.gt(self.blend_threshold)
+        mask = mask[:1] | mask
+        return mask.float()
+
+    @staticmethod
+    def apply_blend(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x[:1] + mask * (x - x[:1])`` for latents ``x`` [n_prompts, C, H, W]: outside the mask, rows take the source."""
+        mask = mask.to(x.device, x.dtype)
+        return x[:1] + mask * (x - x[:1])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Building an edit
+# --------------------------------------------------------------------------------------------------------
+
+
+def _prompt_list(prompts: Iterable[PromptTokens]) -> str:
+    return "; ".join(f"{i}: {p.describe()}" for i, p in enumerate(prompts))
+
+
+def _set_window(alpha: torch.Tensor, window: tuple[float, float], edit: int, positions: Sequence[int] | None) -> None:
+    """Reference ``update_alpha_time_word``: rows [int(s*R), int(e*R)) = 1, others 0, R = alpha.shape[0]."""
+    rows = alpha.shape[0]
+    start, end = int(window[0] * rows), int(window[1] * rows)
+    cols = torch.arange(alpha.shape[2]) if positions is None else torch.tensor(list(positions), dtype=torch.long)
+    alpha[:start, edit, cols] = 0
+    alpha[start:end, edit, cols] = 1
+    alpha[end:, edit, cols] = 0
+
+
+def build_attention_edit(
+    source: PromptTokens,
+    targets: list[PromptTokens],
+    mode: str,
+    num_steps: int = 50,
+    cross_replace: float | tuple[float, float] = 0.8,
+    word_windows: dict[str, float | tuple[float, float]] | None = None,
+    self_replace: float | tuple[float, float] = 0.4,
+    reweight: list[tuple[str, float]] | None = None,
+    blend_words: list[str] | None = None,
+    blend_start: float = 0.2,
+    blend_threshold: float = 0.3,
+    *,
+    fix_tail_alignment: bool = False,
+) -> AttentionEdit:
+    """Build an :class:`AttentionEdit` for ``source`` -> each of ``targets``.
+
+    Args:
+        mode: "replace" (word swap; same number of words) or "refine" (added/removed words).
+        num_steps: DDIM steps of the sampling run.
+        cross_replace: default cross-attention window, a fraction x (= (0, x)) or (start, end) of the
+            ``num_steps + 1`` rows (reference ``get_time_words_attention_alpha``).
+        word_windows: per-word windows overriding the default at that word's tokens in the edited prompts.
+        self_replace: self-attention window; steps [int(num_steps*start), int(num_steps*end)).
+        reweight: (word, factor) pairs; the word's tokens in each edited prompt get their maps multiplied
+            (applied after replace/refine, like ``AttentionReweight`` with a previous controller). As in the
+            reference it only acts where ``cross_alpha`` is 1 (inside the cross-replace window). For a
+            reweight-only edit use mode "replace" with the edited prompt equal to the source.
+        blend_words: local-blend words, marked in every prompt that contains them.
+        blend_start: blend the latents of steps >= int(blend_start * num_steps).
+        blend_threshold: local-blend threshold on the max-normalised maps.
+        fix_tail_alignment: see :func:`replacement_mapper` (default False = reference behaviour).
+
+    Words are matched case-insensitively, ignoring surrounding punctuation; a reweight, window or blend
+    word that occurs in none of the prompts it is looked up in raises :class:`PromptError`.
+    """
+    mode = str(mode).strip().lower()
+    if mode not in MODES:
+        raise PromptError(f"unknown edit mode {mode!r}; expected one of {', '.join(MODES)}")
+    targets = list(targets)
+    if not targets:
+        raise PromptError("at least one edited prompt is needed")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise PromptError(f"num_steps must be a positive integer, got {num_steps!r}")
+    prompts = [source, *targets]
+    max_len = source.max_len
+    for p in targets:
+        if p.max_len != max_len:
+            raise PromptError(f"all prompts must have the same max_len, got {source.max_len} and {p.max_len}")
+    n_edits = len(targets)
+
+    # Token mappers.
+    refine_alphas = None
+    if mode == "replace":
+        mapper = torch.stack(
+            [replacement_mapper(source, t, fix_tail_alignment=fix_tail_alignment) for t in targets]
+        )
+    else:
+        pairs = [refinement_mapper(source, t) for t in targets]
+        mapper = torch.stack([m for m, _ in pairs])
+        refine_alphas = torch.stack([a for _, a in pairs])
+
+    # Cross-attention schedule (num_steps + 1 rows, like the reference).
+    default_window = _as_window("cross_replace", cross_replace)
+    cross_alpha = torch.zeros(num_steps + 1, n_edits, max_len)
+    for e in range(n_edits):
+        _set_window(cross_alpha, default_window, e, None)
+    for word, value in (word_windows or {}).items():
+        window = _as_window(f"window of {word!r}", value)
+        found = False
+        for e, t in enumerate(targets):
+            pos = t.find(word)
+            if pos:
+                found = True
+                _set_window(cross_alpha, window, e, pos)
+        if not found:
+            raise PromptError(
+                f"the word {word!r} (cross-attention window) is not in any edited prompt; edited prompts: "
+                f"{_prompt_list(targets)}"
+            )
+
+    # Self-attention window.
+    s0, s1 = _as_window("self_replace", self_replace)
+    self_range = (int(num_steps * s0), int(num_steps * s1))
+
+    # Reweight.
+    equalizer = None
+    if reweight:
+        equalizer = torch.ones(n_edits, max_len)
+        for word, value in reweight:
+            value = float(value)
+            if not math.isfinite(value):
+                raise PromptError(f"the reweight factor of {word!r} is not a finite number: {value}")
+            found = False
+            for e, t in enumerate(targets):
+                pos = t.find(word)
+                if pos:
+                    found = True
+                    equalizer[e, pos] = value
+            if not found:
+                raise PromptError(
+                    f"the reweight word {word!r} is not in any edited prompt; edited prompts: {_prompt_list(targets)}"
+                )
+
+    # Local blend.
+    word_alpha = None
+    start_step = 0
+    if blend_words:
+        if not 0.0 <= float(blend_start) <= 1.0:
+            raise PromptError(f"blend_start must be a fraction of the steps in [0, 1], got {blend_start}")
+        if not 0.0 <= float(blend_threshold) < 1.0:
+            raise PromptError(f"blend_threshold must be in [0, 1), got {blend_threshold}")
+        word_alpha = torch.zeros(len(prompts), max_len)
+        for word in blend_words:
+            found = False
+            for i, p in enumerate(prompts):
+                pos = p.find(word)
+                if pos:
+                    found = True
+                    word_alpha[i, pos] = 1
+            if not found:
+                raise PromptError(
+                    f"the blend word {word!r} is not in any prompt; prompts (0 = source): {_prompt_list(prompts)}"
+                )
+        start_step = int(float(blend_start) * num_steps)
+
+    return AttentionEdit(
+        num_steps=num_steps,
+        n_prompts=len(prompts),
+        mode=mode,
+        max_len=max_len,
+        mapper=mapper,
+        cross_alpha=cross_alpha,
+        self_replace=self_range,
+        refine_alphas=refine_alphas,
+        equalizer=equalizer,
+        word_alpha=word_alpha,
+        blend_start=start_step,
+        blend_threshold=float(blend_threshold),
+    )
