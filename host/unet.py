@@ -78,19 +78,27 @@ def grad_capable_weights(module: torch.nn.Module) -> Iterator[None]:
     Cancel, so the shared model is left exactly as it was.
     """
     swapped: list[tuple[dict, str, torch.Tensor]] = []
+    frozen: list[torch.Tensor] = []
     try:
         with torch.inference_mode(False):
             for mod in module.modules():
                 for store in (mod._parameters, mod._buffers):
                     for name, t in list(store.items()):
-                        if t is not None and t.is_inference():
+                        if t is None:
+                            continue
+                        if t.is_inference():
                             clone = t.detach().clone()
                             store[name] = torch.nn.Parameter(clone, requires_grad=False) if isinstance(t, torch.nn.Parameter) else clone
                             swapped.append((store, name, t))
+                        elif t.requires_grad:  # weights loaded outside inference mode: never compute their gradients
+                            t.requires_grad_(False)
+                            frozen.append(t)
         yield
     finally:
         for store, name, t in reversed(swapped):
             store[name] = t
+        for t in frozen:
+            t.requires_grad_(True)
 
 
 class HostUNet:
