@@ -9,7 +9,7 @@ def encode(clip, text: str) -> list:
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
-def test_image(h: int = 128, w: int = 128, seed: int = 0) -> torch.Tensor:
+def make_test_image(h: int = 128, w: int = 128, seed: int = 0) -> torch.Tensor:
     """A smooth, deterministic RGB image [1, h, w, 3] in [0, 1] (a blob on a gradient)."""
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")

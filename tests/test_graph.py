@@ -1,0 +1,106 @@
+"""The four nodes as a graph through the host's own execution engine (validation, caching, inference mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import make_test_image
+
+pytestmark = pytest.mark.host
+
+
+class ServerStub:
+    """What PromptExecutor needs from the web server."""
+
+    def __init__(self) -> None:
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.messages: list = []
+
+    def send_sync(self, event, data, sid=None) -> None:
+        self.messages.append((event, data))
+
+
+@pytest.fixture(scope="module")
+def engine(host, checkpoint_dir, tmp_path_factory):
+    import execution
+    import folder_paths
+    import nodes
+    from PIL import Image
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    import nulltext_p2p
+
+    pkg_dir = nulltext_p2p.__path__[0]  # the conftest's `nulltext_p2p` symlink to the repo root
+    assert asyncio.run(nodes.load_custom_node(pkg_dir))
+    for node_id in ("NTP_DDIMInvert", "NTP_NullTextOptimize", "NTP_AttentionController", "NTP_EditedSample"):
+        assert node_id in nodes.NODE_CLASS_MAPPINGS
+    io_dir = tmp_path_factory.mktemp("graph_io")
+    folder_paths.set_input_directory(str(io_dir / "input"))
+    folder_paths.set_output_directory(str(io_dir / "output"))
+    os.makedirs(io_dir / "input", exist_ok=True)
+    img = (make_test_image(128, 128)[0].numpy() * 255).astype(np.uint8)
+    Image.fromarray(img).save(io_dir / "input" / "photo.png")
+    return execution, io_dir
+
+
+def prompt(ckpt: str, target: str = "a tiger sitting on a table") -> dict:
+    source = "a cat sitting on a table"
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": source, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "NTP_DDIMInvert", "inputs": {"model": ["1", 0], "source": ["2", 0], "latent": ["5", 0], "steps": 4}},
+        "7": {"class_type": "NTP_NullTextOptimize", "inputs": {"model": ["1", 0], "source": ["2", 0], "null": ["3", 0],
+                                                           "inversion": ["6", 0], "guidance": 7.5, "inner_steps": 2, "epsilon": 1e-5}},
+        "8": {"class_type": "NTP_AttentionController", "inputs": {
+            "clip": ["1", 1], "source_prompt": source, "target_prompts": target, "mode": "replace",
+            "cross_replace": 0.8, "self_replace": 0.5, "word_windows": "", "reweight": "tiger=2", "blend_words": "cat, tiger",
+            "blend_threshold": 0.3, "blend_start": 0.2}},
+        "9": {"class_type": "NTP_EditedSample", "inputs": {"model": ["1", 0], "inversion": ["6", 0], "null_embeddings": ["7", 0],
+                                                        "source": ["2", 0], "guidance": 7.5, "target": ["8", 2], "control": ["8", 0]}},
+        "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
+        "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "ntp_graph"}},
+    }
+
+
+def run(execution, api_prompt: dict):
+    valid = asyncio.run(execution.validate_prompt("test", api_prompt, None))
+    assert valid[0], f"validation failed: {valid[1]} {valid[3]}"
+    server = ServerStub()
+    executor = execution.PromptExecutor(server)
+    executor.execute(api_prompt, "test-prompt", {}, valid[2])
+    return executor, server
+
+
+def test_four_nodes_run_as_a_graph(engine, tiny_checkpoint_name):
+    execution, io_dir = engine
+    executor, server = run(execution, prompt(tiny_checkpoint_name))
+    events = [e for e, _ in server.messages] + [e for e, _ in executor.status_messages]
+    errors = [d for e, d in executor.status_messages if e == "execution_error"]
+    assert executor.success, errors
+    images = executor.history_result["outputs"]["11"]["images"]
+    assert len(images) == 2  # [reconstruction, edit]
+    from PIL import Image
+
+    for item in images:
+        im = np.asarray(Image.open(io_dir / "output" / item.get("subfolder", "") / item["filename"]))
+        assert im.shape == (128, 128, 3) and np.isfinite(im).all()
+    assert "execution_success" in events
+
+
+def test_bad_input_fails_with_node_named_message(engine, tiny_checkpoint_name):
+    execution, io_dir = engine
+    executor, server = run(execution, prompt(tiny_checkpoint_name, target="a big tiger sitting on a table"))
+    errors = [d for e, d in executor.status_messages if e == "execution_error"]
+    assert not executor.success and errors
+    msg = errors[0]["exception_message"]
+    assert "Attention Controller" in msg and "target_prompts" in msg and "refine" in msg
