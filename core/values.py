@@ -77,10 +77,17 @@ class NullEmbeddings:
 
 @dataclass
 class EditResult:
-    """Attention statistics collected while editing (for attention-map pictures)."""
+    """Cross-attention statistics of one Edited Sample run (for attention-map pictures).
 
-    cross_maps: Optional[torch.Tensor] = None  # [n_prompts, h, w, tokens] summed over steps, layers, heads
+    ``cross_maps[p, y, x, k]`` is the attention of prompt row p (0 = source/reconstruction) to text position k,
+    averaged over all steps, the cross-attention layers at ``map_hw`` (a quarter of the latent size where the model
+    has such layers) and their heads; over k it sums to 1 (softmax over the 77 positions).
+    """
+
+    cross_maps: Optional[torch.Tensor] = None  # [n_prompts, h, w, tokens]
     map_hw: tuple[int, int] = (0, 0)
+    latent_hw: tuple[int, int] = (0, 0)
+    prompts: list = field(default_factory=list)  # PromptTokens per row when known (from the controller), else []
 
 
 @dataclass

@@ -105,7 +105,9 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
     callback = latent_preview.prepare_callback(patcher, schedule.steps) if preview else None
     out = sample_from_inversion(patcher, x_T, schedule, positive, negative, guidance,
                                 ddim_sampler(blend if (edit is not None and edit.has_blend) else None), callback)
-    return out, EditResult(cross_maps=patch.mean_maps(), map_hw=patch.map_hw)
+    prompts = [control.source, *control.targets] if control is not None else []
+    return out, EditResult(cross_maps=patch.mean_maps(), map_hw=patch.map_hw,
+                           latent_hw=(int(x_T.shape[-2]), int(x_T.shape[-1])), prompts=prompts)
 
 
 class EditedSample(io.ComfyNode):
@@ -129,11 +131,12 @@ class EditedSample(io.ComfyNode):
             ],
             outputs=[
                 io.Latent.Output("latent", tooltip="Batch [reconstruction, edit 1, edit 2, ...] for VAE Decode."),
+                io.Custom("NTP_ATTENTION_MAPS").Output("attention", tooltip="Cross-attention maps of every prompt row averaged over steps, layers and heads (for Attention Maps)."),
             ],
         )
 
     @classmethod
     def execute(cls, model, inversion, null_embeddings, source, guidance, target=None, control=None) -> io.NodeOutput:
-        out, _ = run_edit(model, inversion, null_embeddings, source, target, control, guidance)
+        out, stats = run_edit(model, inversion, null_embeddings, source, target, control, guidance)
         samples = model.model.process_latent_out(out).to(comfy.model_management.intermediate_device())
-        return io.NodeOutput({"samples": samples})
+        return io.NodeOutput({"samples": samples}, stats)

@@ -5,5 +5,6 @@ from comfy_api.latest import io
 Inversion = io.Custom("NTP_INVERSION")
 NullEmbeddings = io.Custom("NTP_NULL_EMBEDDINGS")
 AttentionControl = io.Custom("NTP_ATTENTION_CONTROL")
+AttentionMaps = io.Custom("NTP_ATTENTION_MAPS")
 
 CATEGORY = "nulltext_p2p"
