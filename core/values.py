@@ -62,9 +62,10 @@ class NullEmbeddings:
     embeddings: torch.Tensor  # [steps, 1, tokens, dim] float32
     inversion_fingerprint: str
     guidance: float
-    method: str = "null-text"
+    method: str = "null-text"  # or "negative-prompt", "direct-inversion"
     iterations: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    latent_offsets: Optional[torch.Tensor] = None  # direct inversion: [steps, 1, C, H, W], added to the source row
 
     @property
     def steps(self) -> int:

@@ -61,11 +61,11 @@ def schedule_sigmas(schedule: DDIMSchedule) -> torch.Tensor:
 
 
 def ddim_sampler(
-    blend: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
+    after_step: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
 ) -> comfy.samplers.KSAMPLER:
     """A KSAMPLER doing DDIM (eta 0) on the given sigmas; returns the latent in DDPM scaling at the last sigma.
 
-    ``blend(x, step)`` (local blend) is applied to the k-diffusion latent after each step.
+    ``after_step(x, step)`` (Direct Inversion offsets, local blend) may change the k-diffusion latent after each step.
     """
 
     @torch.no_grad()
@@ -78,8 +78,8 @@ def ddim_sampler(
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
             denoised = model(x, sigma * s_in, **extra_args)
             x = denoised + (sigma_next / sigma) * (x - denoised)
-            if blend is not None:
-                x = blend(x, i)
+            if after_step is not None:
+                x = after_step(x, i)
             if callback is not None:
                 callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
         last = float(sigmas[-1])

@@ -7,9 +7,10 @@ from comfy_api.latest import ComfyExtension, io
 from .attention_controller import AttentionController
 from .ddim_invert import DDIMInvert
 from .edited_sample import EditedSample
+from .fast_inversion import FastInversion
 from .null_text_optimize import NullTextOptimize
 
-NODES: list[type[io.ComfyNode]] = [DDIMInvert, NullTextOptimize, AttentionController, EditedSample]
+NODES: list[type[io.ComfyNode]] = [DDIMInvert, NullTextOptimize, FastInversion, AttentionController, EditedSample]
 
 
 class NullTextP2PExtension(ComfyExtension):

@@ -89,22 +89,29 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
                                  NullEmbeddingWrapper(null.embeddings, schedule))
 
-    def blend(x: torch.Tensor, step: int) -> torch.Tensor:
-        if edit is None or not edit.blend_active(step):
-            return x
-        maps = patch.mean_maps()
-        if maps is None:
-            return x
-        mask = edit.blend_mask(maps.unsqueeze(1).to(x.device), (x.shape[-2], x.shape[-1]))
-        return edit.apply_blend(x, mask.to(x.dtype))
+    offsets = null.latent_offsets
+    alphas = schedule.sampling_alphas()
 
+    def after_step(x: torch.Tensor, step: int) -> torch.Tensor:
+        """Direct Inversion offset on the source row, then local blend (reference order)."""
+        if offsets is not None:
+            x = x.clone()
+            x[0:1] += offsets[step].to(x.device, x.dtype) / math.sqrt(alphas[step + 1])  # DDPM -> sigma scaling
+        if edit is not None and edit.blend_active(step):
+            maps = patch.mean_maps()
+            if maps is not None:
+                mask = edit.blend_mask(maps.unsqueeze(1).to(x.device), (x.shape[-2], x.shape[-1]))
+                x = edit.apply_blend(x, mask.to(x.dtype))
+        return x
+
+    needs_hook = offsets is not None or (edit is not None and edit.has_blend)
     rows = [src] if tgt is None else [src, tgt.to(src.device, src.dtype)]
     positive = [[torch.cat(rows), {}]]
     negative = [[null.embeddings[0].clone(), {}]]
     x_T = inversion.x_T.repeat(n_prompts, 1, 1, 1)
     callback = latent_preview.prepare_callback(patcher, schedule.steps) if preview else None
     out = sample_from_inversion(patcher, x_T, schedule, positive, negative, guidance,
-                                ddim_sampler(blend if (edit is not None and edit.has_blend) else None), callback)
+                                ddim_sampler(after_step if needs_hook else None), callback)
     prompts = [control.source, *control.targets] if control is not None else []
     return out, EditResult(cross_maps=patch.mean_maps(), map_hw=patch.map_hw,
                            latent_hw=(int(x_T.shape[-2]), int(x_T.shape[-1])), prompts=prompts)

@@ -1,0 +1,49 @@
+"""Inversion modes without optimisation, producing the same per-step values as null-text.
+
+- Negative-prompt inversion (Miyake et al. 2023): the per-step "null" embedding is the source prompt's embedding,
+  so guided sampling of the source row equals conditional sampling; no optimisation (about 30x faster).
+- Direct Inversion (Ju et al. 2024, PnPInversion): keep the plain null embedding; for each step store the offset
+  between the inversion latent and where one guided DDIM step from it lands; during editing add it to the source
+  row only, which then follows the inversion trajectory exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from .ddim import EpsFn, ddim_step, guided_eps
+from .schedule import DDIMSchedule
+
+
+def negative_prompt_embeddings(cond: torch.Tensor, steps: int) -> torch.Tensor:
+    """[steps, *cond.shape] copies of the source embedding (float32)."""
+    return cond.detach().to(torch.float32).unsqueeze(0).repeat(steps, *([1] * cond.ndim))
+
+
+def direct_inversion_offsets(
+    eps_fn: EpsFn,
+    schedule: DDIMSchedule,
+    trajectory: torch.Tensor,
+    cond: torch.Tensor,
+    null: torch.Tensor,
+    guidance: float,
+    on_step: Optional[Callable[[int], None]] = None,
+    eps_uncond_fn: Optional[EpsFn] = None,
+) -> torch.Tensor:
+    """Per-step offsets ``z_{T-i-1} - DDIM_step(z_{T-i}, guided eps)`` ([steps, *latent shape], float32).
+
+    The source branch starts on the trajectory and, with the offset added after every step, stays on it.
+    """
+    eps_u_fn = eps_fn if eps_uncond_fn is None else eps_uncond_fn
+    steps = schedule.steps
+    offsets = []
+    for i, t in enumerate(schedule.timesteps):
+        x = trajectory[steps - i]
+        eps = guided_eps(eps_u_fn(x, t, null), eps_fn(x, t, cond), guidance)
+        landed = ddim_step(x, eps, schedule.alphas_cumprod[i], schedule.next_alpha_cumprod(i))
+        offsets.append((trajectory[steps - 1 - i] - landed).to(torch.float32))
+        if on_step is not None:
+            on_step(i)
+    return torch.stack(offsets)

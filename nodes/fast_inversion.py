@@ -1,0 +1,95 @@
+"""Fast Inversion node: negative-prompt inversion or Direct Inversion instead of null-text optimisation."""
+
+from __future__ import annotations
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+from comfy_api.latest import io
+
+from ..core.ddim import ddim_sample
+from ..core.fast_inversion import direct_inversion_offsets, negative_prompt_embeddings
+from ..core.values import Inversion, NullEmbeddings
+from ..host.errors import NodeInputError
+from ..host.unet import HostUNet, check_model_family, conditioning_tensor, load_model
+from . import types
+from .common import interrupt_check
+from .null_text_optimize import check_inversion, check_source_matches
+
+NODE = "Fast Inversion"
+METHODS = ["negative-prompt", "direct-inversion"]
+
+
+def run_fast_inversion(model, source, null, inversion: Inversion, method: str, guidance: float,
+                       node: str = NODE) -> tuple[NullEmbeddings, torch.Tensor]:
+    """Per-step values without optimisation; returns them and the reconstruction latent (model space)."""
+    check_model_family(model, node)
+    check_inversion(inversion, node)
+    cond = conditioning_tensor(source, node, "source")
+    check_source_matches(cond, inversion, node)
+    if method not in METHODS:
+        raise NodeInputError(node, "method", f"unknown method '{method}'.", f"choose one of {METHODS}.")
+    if guidance < 0:
+        raise NodeInputError(node, "guidance", f"{guidance} is negative.", "use the guidance you will edit with (7.5).")
+    load_model(model)
+    schedule = inversion.schedule
+    unet = HostUNet(model, sample_sigmas=schedule.sigmas())
+    pbar = comfy.utils.ProgressBar(schedule.steps)
+
+    def on_step(_i: int) -> None:
+        pbar.update(1)
+        interrupt_check()
+
+    offload = comfy.model_management.intermediate_device()
+    trajectory = inversion.latents.to(unet.device)
+    with torch.no_grad():
+        if method == "negative-prompt":
+            embeddings = negative_prompt_embeddings(cond, schedule.steps)
+            final = ddim_sample(lambda x, t, c: unet.eps(x, t, c, 0), schedule, trajectory[-1], cond, on_step=on_step)
+            offsets = None
+        else:
+            null_emb = conditioning_tensor(null, node, "null")
+            embeddings = null_emb.detach().to(torch.float32).unsqueeze(0).repeat(schedule.steps, 1, 1, 1)
+            offsets = direct_inversion_offsets(lambda x, t, c: unet.eps(x, t, c, 0), schedule, trajectory, cond,
+                                               null_emb, guidance, on_step, eps_uncond_fn=lambda x, t, c: unet.eps(x, t, c, 1))
+            final = trajectory[0]  # the source row follows the trajectory exactly, by construction
+    value = NullEmbeddings(
+        embeddings=embeddings.to(offload, torch.float32),
+        inversion_fingerprint=inversion.fingerprint,
+        guidance=guidance,
+        method=method,
+        latent_offsets=None if offsets is None else offsets.to(offload, torch.float32),
+    )
+    return value, final.detach().to(offload, torch.float32)
+
+
+class FastInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="NTP_FastInversion",
+            display_name="Fast Inversion (Null-text P2P)",
+            category=f"{types.CATEGORY}/inversion",
+            description="A fast replacement for Null-Text Optimize with the same output: negative-prompt inversion "
+                        "(the source prompt as the null text; no extra UNet passes for the embeddings) or Direct "
+                        "Inversion (per-step latent offsets on the source row; 2 UNet passes per step). Edited Sample "
+                        "works unchanged.",
+            inputs=[
+                io.Model.Input("model", tooltip="The same SD 1.x model used for DDIM Invert."),
+                io.Conditioning.Input("source", tooltip="The same source prompt CONDITIONING used for DDIM Invert."),
+                io.Conditioning.Input("null", tooltip="CLIP Text Encode of \"\" (used by direct-inversion; ignored by negative-prompt)."),
+                io.Custom("NTP_INVERSION").Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),
+                io.Combo.Input("method", options=METHODS, default="direct-inversion", tooltip="negative-prompt: fastest, slightly worse reconstruction. direct-inversion: exact reconstruction of the source row, edits as good as null-text on PIE-Bench."),
+                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="The guidance you will edit with (7.5). Direct Inversion's offsets are computed for it."),
+            ],
+            outputs=[
+                io.Custom("NTP_NULL_EMBEDDINGS").Output("null_embeddings", tooltip="Per-step values for Edited Sample (same type as Null-Text Optimize's)."),
+                io.Latent.Output("reconstruction", tooltip="The reconstruction these values give (VAE Decode it to check)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, source, null, inversion, method, guidance) -> io.NodeOutput:
+        value, final = run_fast_inversion(model, source, null, inversion, method, guidance)
+        return io.NodeOutput(value, {"samples": model.model.process_latent_out(final)})
