@@ -1,0 +1,145 @@
+"""Command line of the headless runner (``python -m runner --help`` from the pack folder)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional, Sequence
+
+from .errors import RunnerError
+
+EPILOG = """\
+examples (from the pack folder, e.g. ComfyUI/custom_nodes/nulltext-p2p):
+  python -m runner run example_workflows/word_swap.json --image photo.jpg \\
+      --checkpoint v1-5-pruned-emaonly.safetensors \\
+      --set "Attention Controller.target_prompts=a dog sitting on a table"
+  python -m runner run example_workflows/invert_and_reconstruct.json --image photo.jpg --cpu --output-dir out
+  python -m runner convert example_workflows/refine.json > refine_api.json
+  python -m runner run example_workflows/word_swap.json --image photo.jpg --url http://127.0.0.1:8188
+
+--set NODE.INPUT=VALUE: NODE is a node id, title ("Attention Controller"), type (NTP_AttentionController) or
+display name; VALUE is parsed to the input's type (INT, FLOAT, BOOLEAN, STRING, COMBO). In multi-line text
+inputs, \\n starts a new line (several target prompts). Repeat --set for several values.
+exit status: 0 done, 2 bad arguments/workflow/override, 3 rejected by validation, 4 a node failed,
+5 server unreachable (--url).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m runner",
+        description="Run a ComfyUI workflow (UI format, as the editor saves it) without the UI: in this process "
+                    "with the ComfyUI checkout found on disk, or on a running server with --url.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="{run,convert}")
+    sub.required = True
+
+    def common(p):
+        p.add_argument("workflow", help="workflow .json (UI format; an API-format prompt works too)")
+        p.add_argument("--image", metavar="PATH", help="image for every Load Image node")
+        p.add_argument("--checkpoint", metavar="NAME_OR_PATH",
+                       help="checkpoint for every checkpoint loader: a name in models/checkpoints or a file path")
+        p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                       help="set a node input (repeatable)")
+        p.add_argument("--comfyui", metavar="PATH",
+                       help="ComfyUI checkout (default: $COMFYUI_PATH, else the one this pack is installed in)")
+        p.add_argument("--input-dir", metavar="DIR", help="ComfyUI input folder for this run (in-process only)")
+        p.add_argument("--url", metavar="URL",
+                       help="use the ComfyUI server at URL (e.g. http://127.0.0.1:8188) instead of running here")
+        p.add_argument("-v", "--verbose", action="store_true", help="host log at INFO level, tracebacks on errors")
+
+    run = sub.add_parser("run", help="convert, validate and execute a workflow",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(run)
+    run.add_argument("--output-dir", metavar="DIR", help="where Save Image writes (default: ComfyUI/output; with "
+                                                         "--url: download the results here)")
+    run.add_argument("--cpu", action="store_true", help="run on the CPU (in-process only)")
+    run.add_argument("--timeout", type=float, metavar="SECONDS", help="with --url: stop waiting after this long")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the saved paths")
+    run.add_argument("--print-prompt", action="store_true", help="print the API prompt (stderr) before running")
+
+    conv = sub.add_parser("convert", help="print the API-format prompt (with the overrides applied); runs nothing")
+    common(conv)
+    conv.add_argument("-o", "--output", metavar="FILE", help="write the prompt here instead of stdout")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s",
+                        stream=sys.stderr)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    try:
+        if args.command == "convert":
+            return _convert(args, log)
+        return _run(args, log)
+    except RunnerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _convert(args, log) -> int:
+    if args.url:
+        from .app import build_prompt, load_workflow
+        from .remote import fetch_object_info, upload_image
+
+        workflow = load_workflow(args.workflow)
+        base = args.url.rstrip("/")
+        definitions = fetch_object_info(base)
+        image_name = upload_image(base, args.image) if args.image else None
+        prompt = build_prompt(workflow, definitions, image_name, args.checkpoint, args.sets)
+    else:
+        from .app import convert_in_process
+        from .host import run_sync
+
+        prompt = run_sync(convert_in_process(args.workflow, args.image, args.checkpoint, args.sets, args.comfyui,
+                                             args.input_dir, log))
+    text = json.dumps(prompt, indent=2, ensure_ascii=False)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        log(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def _run(args, log) -> int:
+    if args.url:
+        from .remote import run_remote
+
+        if args.cpu or args.input_dir:
+            log("note: --cpu and --input-dir apply to in-process runs only; the server keeps its own settings.")
+        results = run_remote(args.url, args.workflow, args.image, args.checkpoint, args.sets, args.output_dir,
+                             args.timeout)
+        for kind, where in results:
+            print(where if kind == "output" else f"{where}  (preview, temporary)")
+        return 0
+
+    from .app import run_in_process
+    from .host import Reporter, run_sync
+
+    reporter = Reporter({}, quiet=args.quiet)
+
+    def show_prompt(prompt: dict) -> None:
+        log(json.dumps(prompt, indent=2, ensure_ascii=False))
+
+    result = run_sync(run_in_process(args.workflow, args.image, args.checkpoint, args.sets, args.comfyui,
+                                     args.output_dir, args.input_dir, args.cpu, reporter, args.verbose, log,
+                                     on_prompt=show_prompt if args.print_prompt else None))
+    if not args.quiet:
+        log(f"done in {result.seconds:.1f} s; {sum(1 for s in result.saved if s.kind == 'output')} file(s) saved:")
+    for saved in result.saved:
+        if saved.kind == "output":
+            print(saved.path)
+        elif not args.quiet:
+            log(f"{saved.path}  (preview from {saved.title!r}, temporary)")
+    return 0

@@ -1,0 +1,518 @@
+"""The ComfyUI host, in this process: find it, import it the way ``main.py`` does, load the nodes, run a prompt.
+
+Nothing here starts a server or touches the network. The host is imported once per process; a second call with
+the same checkout reuses it (the tests' conftest may have imported it already).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from .errors import ExecutionError, HostNotFoundError, UsageError, ValidationError
+
+PACK_ROOT = Path(os.path.abspath(__file__)).parent.parent
+PACK_NODE_ID = "NTP_DDIMInvert"  # one of this pack's nodes: present once the pack is loaded
+IMAGE_SUBFOLDER = "nulltext_p2p"  # --image copies land in <input>/nulltext_p2p/
+CLIENT_ID = "nulltext-p2p-runner"
+
+_NODES_READY = False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Finding and importing the host
+# ----------------------------------------------------------------------------------------------------------------
+def is_comfyui_dir(path: Path) -> bool:
+    return (path / "comfy").is_dir() and (path / "nodes.py").is_file() and (path / "execution.py").is_file()
+
+
+def find_comfyui(explicit: Optional[str] = None, environ: Mapping = os.environ,
+                 pack_root: Path = PACK_ROOT) -> Path:
+    """The ComfyUI checkout: --comfyui, else $COMFYUI_PATH, else the one already imported in this process, else the
+    checkout this pack sits in (<ComfyUI>/custom_nodes/<pack>), else ~/ComfyUI."""
+    tried = []
+    if explicit:
+        path = Path(explicit).expanduser()
+        if is_comfyui_dir(path):
+            return path.resolve()
+        raise HostNotFoundError(f"--comfyui {explicit}: not a ComfyUI checkout (no comfy/, nodes.py, execution.py).")
+    env = environ.get("COMFYUI_PATH")
+    if env:
+        path = Path(env).expanduser()
+        if is_comfyui_dir(path):
+            return path.resolve()
+        raise HostNotFoundError(f"COMFYUI_PATH={env}: not a ComfyUI checkout (no comfy/, nodes.py, execution.py).")
+    loaded = sys.modules.get("folder_paths")
+    if loaded is not None and getattr(loaded, "__file__", None):
+        path = Path(loaded.__file__).resolve().parent
+        if is_comfyui_dir(path):
+            return path
+    candidates = [pack_root.parent.parent]
+    pwd = environ.get("PWD")
+    if pwd and Path(pwd).resolve() == pack_root.resolve():  # cd custom_nodes/<pack> through a symlink
+        candidates.append(Path(pwd).parent.parent)
+    candidates.append(pack_root.resolve().parent.parent)
+    for path in candidates:
+        tried.append(str(path))
+        if path.parent != path and is_comfyui_dir(path):
+            return path.resolve()
+    home = Path(os.path.expanduser("~")) / "ComfyUI"
+    tried.append(str(home))
+    if is_comfyui_dir(home):
+        return home.resolve()
+    raise HostNotFoundError("ComfyUI not found (tried " + ", ".join(dict.fromkeys(tried)) + "). Pass --comfyui "
+                            "/path/to/ComfyUI or set COMFYUI_PATH, or install this pack in ComfyUI/custom_nodes/.")
+
+
+def _drop_pack_root_from_sys_path(pack_root: Path = PACK_ROOT) -> None:
+    """`python -m runner` from the pack root puts it on sys.path, where its nodes/ would shadow the host's nodes.py."""
+    keep = []
+    for entry in sys.path:
+        try:
+            same = Path(entry or os.getcwd()).resolve() == pack_root.resolve()
+        except OSError:
+            same = False
+        if not same:
+            keep.append(entry)
+    sys.path[:] = keep
+
+
+@dataclass
+class Host:
+    path: Path
+    folder_paths: Any
+    execution: Any
+    nodes: Any
+    comfy_utils: Any
+    model_management: Any
+
+
+def setup_host(path: Path, cpu: bool = False, log: Callable[[str], None] = print) -> Host:
+    """Import the host from ``path`` like main.py: argv untouched, ``--cpu`` if asked, ``utils.install_util`` before
+    ``execution``/``nodes`` (or ``utils`` resolves to comfy/utils.py), extra_model_paths.yaml honoured."""
+    path = Path(path).resolve()
+    if not is_comfyui_dir(path):
+        raise HostNotFoundError(f"{path}: not a ComfyUI checkout (no comfy/, nodes.py, execution.py).")
+    loaded = sys.modules.get("folder_paths")
+    if loaded is not None and Path(loaded.__file__).resolve().parent != path:
+        raise HostNotFoundError(f"another ComfyUI ({Path(loaded.__file__).resolve().parent}) is already imported in "
+                                f"this process; cannot also use {path}.")
+    first_import = "nodes" not in sys.modules or "execution" not in sys.modules
+    _drop_pack_root_from_sys_path()
+    if str(path) in sys.path:
+        sys.path.remove(str(path))
+    sys.path.insert(0, str(path))
+
+    import comfy.options  # noqa: F401  (args_parsing stays False: the host never parses our argv)
+    from comfy.cli_args import args
+
+    if cpu:
+        mm = sys.modules.get("comfy.model_management")
+        if mm is None:
+            args.cpu = True
+        elif mm.cpu_state != mm.CPUState.CPU:
+            log("warning: --cpu ignored: the host was already imported with another device in this process.")
+    import utils.install_util  # noqa: F401  (before execution/nodes, see the module docstring)
+
+    import comfy.model_management
+    import comfy.utils
+    import execution
+    import folder_paths
+    import nodes
+
+    if first_import:
+        extra = path / "extra_model_paths.yaml"
+        if extra.is_file():
+            import utils.extra_config
+
+            utils.extra_config.load_extra_path_config(str(extra))
+    return Host(path=path, folder_paths=folder_paths, execution=execution, nodes=nodes, comfy_utils=comfy.utils,
+                model_management=comfy.model_management)
+
+
+async def init_nodes(host: Host, pack_root: Path = PACK_ROOT) -> None:
+    """Load core, comfy_extras and custom nodes (``nodes.init_extra_nodes``; API nodes are skipped), then this pack
+    if it is not installed in custom_nodes/. Once per process."""
+    global _NODES_READY
+    nodes = host.nodes
+    if _NODES_READY and PACK_NODE_ID in nodes.NODE_CLASS_MAPPINGS:
+        return
+    try:
+        import hook_breaker_ac10a0 as hook_breaker
+    except ImportError:  # pragma: no cover - older hosts
+        hook_breaker = None
+    if hook_breaker is not None:
+        hook_breaker.save_functions()
+    try:
+        await nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False)
+        if PACK_NODE_ID not in nodes.NODE_CLASS_MAPPINGS:
+            ok = await nodes.load_custom_node(str(pack_root), ignore=set(nodes.NODE_CLASS_MAPPINGS),
+                                              module_parent="custom_nodes")
+            if not ok or PACK_NODE_ID not in nodes.NODE_CLASS_MAPPINGS:
+                raise HostNotFoundError(f"the nulltext-p2p nodes at {pack_root} failed to load into ComfyUI (see the "
+                                        "log above).")
+    finally:
+        if hook_breaker is not None:
+            hook_breaker.restore_functions()
+    _NODES_READY = True
+
+
+class HostNodeDefinitions(Mapping):
+    """``class_type -> node info`` in the ``GET /object_info`` format, built from the host's own node classes on
+    first use (V3 nodes through ``GET_NODE_INFO_V1``, V1 nodes through ``INPUT_TYPES``, as server.py does)."""
+
+    def __init__(self, nodes_module):
+        self._nodes = nodes_module
+        self._cache: dict = {}
+
+    def _info(self, name: str) -> dict:
+        cls = self._nodes.NODE_CLASS_MAPPINGS[name]
+        try:
+            from comfy_api.internal import _ComfyNodeInternal
+        except ImportError:  # pragma: no cover - older hosts
+            _ComfyNodeInternal = ()
+        if _ComfyNodeInternal and isinstance(cls, type) and issubclass(cls, _ComfyNodeInternal):
+            return cls.GET_NODE_INFO_V1()
+        inputs = cls.INPUT_TYPES()
+        return {
+            "input": inputs,
+            "input_order": {k: list(v.keys()) for k, v in inputs.items()},
+            "output": list(getattr(cls, "RETURN_TYPES", ())),
+            "output_name": list(getattr(cls, "RETURN_NAMES", getattr(cls, "RETURN_TYPES", ()))),
+            "name": name,
+            "display_name": self._nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name),
+            "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
+        }
+
+    def __getitem__(self, name: str) -> dict:
+        if name not in self._cache:
+            if name not in self._nodes.NODE_CLASS_MAPPINGS:
+                raise KeyError(name)
+            self._cache[name] = self._info(name)
+        return self._cache[name]
+
+    def __iter__(self):
+        return iter(self._nodes.NODE_CLASS_MAPPINGS)
+
+    def __len__(self) -> int:
+        return len(self._nodes.NODE_CLASS_MAPPINGS)
+
+    def __contains__(self, name) -> bool:
+        return name in self._nodes.NODE_CLASS_MAPPINGS
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files: --image, --checkpoint, directories
+# ----------------------------------------------------------------------------------------------------------------
+def import_image(host: Host, image: str) -> str:
+    """Make ``image`` loadable by Load Image; returns the name to put in the node. A file already inside the input
+    folder is used where it is; any other is copied to <input>/nulltext_p2p/ (like an upload from the editor)."""
+    src = Path(image).expanduser()
+    if not src.is_file():
+        raise UsageError(f"--image {image}: no such file.")
+    input_dir = Path(host.folder_paths.get_input_directory()).resolve()
+    src = src.resolve()
+    try:
+        rel = src.relative_to(input_dir)
+        return rel.as_posix()
+    except ValueError:
+        pass
+    dest_dir = input_dir / IMAGE_SUBFOLDER
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / src.name
+    if not (dest.exists() and dest.stat().st_size == src.stat().st_size and dest.read_bytes() == src.read_bytes()):
+        shutil.copyfile(src, dest)
+    return f"{IMAGE_SUBFOLDER}/{src.name}"
+
+
+def register_checkpoint(host: Host, checkpoint: str) -> str:
+    """``--checkpoint``: a name in the checkpoints folders is kept; a path to a file is registered (its folder becomes
+    a checkpoints folder for this run) and its file name returned."""
+    path = Path(checkpoint).expanduser()
+    looks_like_path = os.sep in checkpoint or (os.altsep and os.altsep in checkpoint) or path.is_file()
+    names = host.folder_paths.get_filename_list("checkpoints")
+    if checkpoint in names and not path.is_file():
+        return checkpoint
+    if path.is_file():
+        host.folder_paths.add_model_folder_path("checkpoints", str(path.resolve().parent))
+        host.folder_paths.filename_list_cache.pop("checkpoints", None)
+        return path.name
+    if looks_like_path:
+        raise UsageError(f"--checkpoint {checkpoint}: no such file.")
+    return checkpoint  # not found: the override names the known choices
+
+
+@contextmanager
+def directories(host: Host, output_dir: Optional[str], input_dir: Optional[str]) -> Iterator[None]:
+    """Point the host's output/input folders elsewhere for the run, then restore them."""
+    fp = host.folder_paths
+    old_out, old_in = fp.get_output_directory(), fp.get_input_directory()
+    try:
+        if output_dir:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            fp.set_output_directory(str(Path(output_dir).resolve()))
+        if input_dir:
+            Path(input_dir).mkdir(parents=True, exist_ok=True)
+            fp.set_input_directory(str(Path(input_dir).resolve()))
+        yield
+    finally:
+        fp.set_output_directory(old_out)
+        fp.set_input_directory(old_in)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running a prompt
+# ----------------------------------------------------------------------------------------------------------------
+class Reporter:
+    """Progress on the terminal (stderr): one line per node, a progress counter for long nodes."""
+
+    def __init__(self, prompt: Mapping, stream=None, quiet: bool = False):
+        self.prompt = prompt
+        self.stream = stream if stream is not None else sys.stderr
+        self.quiet = quiet
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last_fraction: dict = {}
+        self._open_line = False
+        self._started = time.perf_counter()
+        self._node_started: dict = {}
+
+    def title(self, node_id: Any) -> str:
+        node = self.prompt.get(str(node_id)) or {}
+        return f"#{node_id} {(node.get('_meta') or {}).get('title') or node.get('class_type', '?')}"
+
+    def _write(self, text: str, newline: bool = True) -> None:
+        if self.quiet:
+            return
+        if self._open_line and newline:
+            self.stream.write("\n")
+            self._open_line = False
+        self.stream.write(text + ("\n" if newline else ""))
+        self.stream.flush()
+
+    def line(self, text: str) -> None:
+        self._write(text)
+
+    def node_started(self, node_id: Any) -> None:
+        self._node_started[str(node_id)] = time.perf_counter()
+        self._write(f"  running {self.title(node_id)}")
+
+    def cached(self, node_ids) -> None:
+        if node_ids:
+            self._write("  cached: " + ", ".join(self.title(n) for n in node_ids))
+
+    def node_text(self, node_id: Any, texts) -> None:
+        for text in texts or []:
+            self._write(f"    {self.title(node_id)}: {text}")
+
+    def progress(self, node_id: Any, value: float, total: float) -> None:
+        if self.quiet or not total:
+            return
+        fraction = value / total
+        if self.tty:
+            self.stream.write(f"\r    {self.title(node_id)}: {int(value)}/{int(total)} ({fraction:.0%})")
+            self.stream.flush()
+            self._open_line = True
+            return
+        key = str(node_id)
+        step = int(fraction * 4)  # 25 % steps in logs
+        if self._last_fraction.get(key) != step:
+            self._last_fraction[key] = step
+            self._write(f"    {self.title(node_id)}: {int(value)}/{int(total)}")
+
+    def finish(self) -> None:
+        if self._open_line:
+            self._write("", newline=True)
+
+
+class ServerStub:
+    """What PromptExecutor and the progress machinery expect of ``server.PromptServer``, printing to a Reporter."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+        self.client_id: Optional[str] = None
+        self.last_node_id: Optional[str] = None
+        self.last_prompt_id: Optional[str] = None
+        self.sockets_metadata: dict = {}
+        self.events: list = []
+
+    def send_sync(self, event, data, sid=None) -> None:
+        self.events.append((event, data))
+        if not isinstance(data, dict):
+            return
+        if event == "executing" and data.get("node") is not None:
+            self.last_node_id = data["node"]
+            self.reporter.node_started(data["node"])
+        elif event == "execution_cached":
+            self.reporter.cached(data.get("nodes") or [])
+        elif event == "executed":
+            output = data.get("output") or {}
+            if isinstance(output, dict):
+                self.reporter.node_text(data.get("node"), output.get("text"))
+
+    def send_progress_text(self, text, node_id, sid=None) -> None:
+        self.reporter.node_text(node_id, [text])
+
+    def queue_updated(self) -> None:
+        pass
+
+    def send_json(self, *a, **k) -> None:  # pragma: no cover - some nodes call it
+        pass
+
+
+@dataclass
+class SavedFile:
+    path: str
+    kind: str  # "output" or "temp" (PreviewImage)
+    node_id: str
+    title: str
+
+
+@dataclass
+class RunResult:
+    prompt_id: str
+    prompt: dict
+    saved: list = field(default_factory=list)
+    ui_outputs: dict = field(default_factory=dict)
+    executor: Any = None
+    seconds: float = 0.0
+
+    def node_outputs(self, node_id: str):
+        """The cached outputs of a node after the run (a list per output), or None."""
+        if self.executor is None:
+            return None
+        return self.executor.caches.outputs.get(str(node_id))
+
+
+def format_validation_error(error: Optional[dict], node_errors: Optional[dict], prompt: Mapping) -> str:
+    head = "ComfyUI rejected the workflow"
+    if error:
+        head += f": {error.get('message', '')}"
+        if error.get("type") == "prompt_no_outputs":
+            head += " (add a Save Image or Preview Image node)"
+    lines = [head + "."]
+    for node_id, entry in sorted((node_errors or {}).items(), key=lambda kv: (len(kv[0]), kv[0])):
+        node = prompt.get(node_id) or {}
+        title = (node.get("_meta") or {}).get("title") or entry.get("class_type")
+        lines.append(f"  node {node_id} {title!r} ({entry.get('class_type')}):")
+        for reason in entry.get("errors") or []:
+            text = f"    - {reason.get('message', '')}"
+            if reason.get("details"):
+                text += f": {reason['details']}"
+            lines.append(text)
+            input_name = (reason.get("extra_info") or {}).get("input_name")
+            if input_name == "ckpt_name":
+                lines.append("      fix: put the checkpoint in ComfyUI/models/checkpoints, or pass --checkpoint "
+                             "NAME_OR_PATH.")
+            elif input_name == "image":
+                lines.append("      fix: pass --image PATH (any image file).")
+    if not node_errors and error and error.get("details"):
+        lines.append(f"  {error['details']}")
+    return "\n".join(lines)
+
+
+def format_execution_error(message: Mapping, prompt: Mapping, verbose: bool = False) -> str:
+    node_id = str(message.get("node_id"))
+    node = prompt.get(node_id) or {}
+    title = (node.get("_meta") or {}).get("title") or message.get("node_type")
+    text = (f"node {node_id} {title!r} ({message.get('node_type')}) failed: "
+            f"{message.get('exception_type', 'error').rsplit('.', 1)[-1]}: {message.get('exception_message', '').strip()}")
+    if verbose and message.get("traceback"):
+        text += "\n" + "".join(message["traceback"])
+    return text
+
+
+def collect_saved(host: Host, ui_outputs: Mapping, prompt: Mapping) -> list:
+    saved = []
+    for node_id, output in ui_outputs.items():
+        if not isinstance(output, Mapping):
+            continue
+        title = ((prompt.get(node_id) or {}).get("_meta") or {}).get("title") or node_id
+        for items in output.values():
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                if isinstance(item, Mapping) and "filename" in item:
+                    kind = item.get("type", "output")
+                    base = host.folder_paths.get_directory_by_type(kind) or host.folder_paths.get_output_directory()
+                    path = os.path.join(base, item.get("subfolder") or "", item["filename"])
+                    saved.append(SavedFile(path=os.path.normpath(path), kind=kind, node_id=str(node_id), title=title))
+    return saved
+
+
+async def execute_prompt(host: Host, prompt: dict, workflow: Optional[Mapping] = None,
+                         reporter: Optional[Reporter] = None, verbose: bool = False) -> RunResult:
+    """Validate with ``execution.validate_prompt`` and run with ``execution.PromptExecutor``; raises
+    ValidationError / ExecutionError with readable messages."""
+    execution = host.execution
+    reporter = reporter or Reporter(prompt)
+    prompt_id = str(uuid.uuid4())
+    valid = await execution.validate_prompt(prompt_id, prompt, None)
+    ok, error, good_outputs, node_errors = valid[0], valid[1], valid[2], valid[3]
+    if not ok or node_errors:
+        raise ValidationError(format_validation_error(error, node_errors, prompt))
+
+    server = ServerStub(reporter)
+    server.last_prompt_id = prompt_id
+    executor = execution.PromptExecutor(server)
+    extra_data: dict = {"client_id": CLIENT_ID}
+    if workflow is not None:
+        extra_data["extra_pnginfo"] = {"workflow": workflow}  # saved PNGs open in the editor, as from the UI
+
+    def hook(value, total, preview_image=None, prompt_id=None, node_id=None):
+        try:
+            from comfy_execution.utils import get_executing_context
+
+            context = get_executing_context()
+        except ImportError:  # pragma: no cover
+            context = None
+        if node_id is None and context is not None:
+            node_id = context.node_id
+        host.model_management.throw_exception_if_processing_interrupted()
+        reporter.progress(node_id if node_id is not None else server.last_node_id, value, total)
+
+    old_hook = host.comfy_utils.PROGRESS_BAR_HOOK
+    server_module = sys.modules.get("server")
+    stub_installed = False
+    if server_module is not None and getattr(getattr(server_module, "PromptServer", None), "instance", None) is None:
+        server_module.PromptServer.instance = server  # nodes that call PromptServer.instance.send_progress_text
+        stub_installed = True
+    host.comfy_utils.set_progress_bar_global_hook(hook)
+    started = time.perf_counter()
+    try:
+        await executor.execute_async(prompt, prompt_id, extra_data, good_outputs)
+    finally:
+        host.comfy_utils.set_progress_bar_global_hook(old_hook)
+        if stub_installed:
+            server_module.PromptServer.instance = None
+        reporter.finish()
+    seconds = time.perf_counter() - started
+    failure = None
+    for event, data in executor.status_messages:
+        if event in ("execution_error", "execution_interrupted"):
+            failure = (event, data)
+    if failure is not None or not executor.success:
+        if failure is None:
+            raise ExecutionError("the prompt did not finish (no error message from ComfyUI).")
+        event, data = failure
+        if event == "execution_interrupted":
+            raise ExecutionError(f"interrupted while running node {data.get('node_id')} ({data.get('node_type')}).")
+        raise ExecutionError(format_execution_error(data, prompt, verbose))
+    ui_outputs = dict((getattr(executor, "history_result", None) or {}).get("outputs") or {})
+    result = RunResult(prompt_id=prompt_id, prompt=prompt, ui_outputs=ui_outputs, executor=executor, seconds=seconds)
+    result.saved = collect_saved(host, ui_outputs, prompt)
+    return result
+
+
+def run_sync(coro):
+    """Run a coroutine to completion from synchronous code (the CLI, the tests)."""
+    return asyncio.run(coro)
