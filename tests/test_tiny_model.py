@@ -36,6 +36,13 @@ def _loaded(host, tiny_model):
     return patcher, clip, vae
 
 
+@pytest.fixture(scope="module")
+def ctx(host, tiny_model):
+    """Prompt -> CLIP context [1, 77, 768], encoded once per module."""
+    clip = tiny_model[1]
+    return {p: _encode(clip, p) for p in (SOURCE, "", ONE_WORD, OTHER)}
+
+
 def _eps(patcher, x, sigma, ctx, transformer_options=None):
     s = torch.full((x.shape[0],), float(sigma))
     with torch.no_grad():
@@ -85,7 +92,7 @@ def test_host_detects_sd15_layout(host, tiny_model):
     assert list(cfg["transformer_depth_output"]) == [1] * 6
     attn2 = [n for n, _ in model.diffusion_model.named_modules() if n.endswith(".attn2")]
     assert len(attn2) == 10
-    assert sum(p.numel() for p in model.diffusion_model.parameters()) == 62_789_764
+    assert sum(p.numel() for p in model.diffusion_model.parameters()) == 62_794_244
     # CLIP-L with all 12 layers, TAESD VAE
     assert clip.cond_stage_model.clip_l.transformer.num_layers == 12
     assert type(vae.first_stage_model).__name__ == "TAESD"
@@ -108,18 +115,16 @@ def test_loaded_weights_equal_the_file(host, tiny_model, tiny_checkpoint_path):
     assert all(torch.equal(vae_sd[k].float(), vae_saved[k]) for k in vae_saved)
     clip_sd = clip.cond_stage_model.state_dict()
     clip_saved = {k: v for k, v in saved.items() if k.startswith("cond_stage_model.")}
-    assert len(clip_saved) == 200  # 12 layers x 16 tensors + embeddings, final norm, projection
-    for k, v in clip_saved.items():  # the host renames cond_stage_model.transformer.* -> clip_l.transformer.text_model.*
-        host_key = "clip_l.transformer." + k[len("cond_stage_model.transformer."):]
-        if not host_key.startswith("clip_l.transformer.text_projection"):
-            host_key = host_key.replace("clip_l.transformer.", "clip_l.transformer.text_model.", 1)
+    assert len(clip_saved) == 196  # 12 layers x 16 tensors + 2 embeddings + final norm (no projection, as SD1)
+    for k, v in clip_saved.items():  # the host renames cond_stage_model.* -> clip_l.*
+        host_key = "clip_l." + k[len("cond_stage_model."):]
         assert torch.equal(clip_sd[host_key].half(), v), host_key
 
 
 @pytest.mark.host
-def test_clip_encodes_are_finite_and_prompt_dependent(host, tiny_model):
-    patcher, clip, vae = _loaded(host, tiny_model)
-    cond, empty, dog = _encode(clip, SOURCE), _encode(clip, ""), _encode(clip, ONE_WORD)
+def test_clip_encodes_are_finite_and_prompt_dependent(host, tiny_model, ctx):
+    clip = tiny_model[1]
+    cond, empty, dog = ctx[SOURCE], ctx[""], ctx[ONE_WORD]
     for c in (cond, empty, dog):
         assert tuple(c.shape) == (1, 77, 768)
         assert bool(torch.isfinite(c).all())
@@ -131,11 +136,11 @@ def test_clip_encodes_are_finite_and_prompt_dependent(host, tiny_model):
 
 @pytest.mark.host
 @pytest.mark.parametrize("sigma", [0.1, 1.0, 5.0, 14.0])
-def test_guidance_really_changes_the_prediction(host, tiny_model, sigma):
+def test_guidance_really_changes_the_prediction(host, tiny_model, ctx, sigma):
     patcher, clip, vae = _loaded(host, tiny_model)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 4, 16, 16, generator=g) + sigma * torch.randn(1, 4, 16, 16, generator=g)
-    eps = {p: _eps(patcher, x, sigma, _encode(clip, p)) for p in (SOURCE, "", ONE_WORD, OTHER)}
+    eps = {p: _eps(patcher, x, sigma, c) for p, c in ctx.items()}
     eu = eps[""]
     assert all(bool(torch.isfinite(e).all()) for e in eps.values())
     assert 0.2 < float(eu.std()) < 0.5  # measured 0.30-0.31
@@ -152,7 +157,7 @@ def test_guidance_really_changes_the_prediction(host, tiny_model, sigma):
 
 
 @pytest.mark.host
-def test_ddim_inversion_reconstructs_at_guidance_1_not_at_7_5(host, tiny_model):
+def test_ddim_inversion_reconstructs_at_guidance_1_not_at_7_5(host, tiny_model, ctx):
     """Hand-written DDIM (raw UNet, eps-prediction, t = 1 + i*100) on a 16x16 latent, 10 steps."""
     patcher, clip, vae = _loaded(host, tiny_model)
     unet = patcher.model.diffusion_model
@@ -160,7 +165,7 @@ def test_ddim_inversion_reconstructs_at_guidance_1_not_at_7_5(host, tiny_model):
     abar = 1.0 / (1.0 + ms.sigmas.double() ** 2)
     steps = 10
     ts = [1 + i * (1000 // steps) for i in range(steps)]
-    cond, empty = _encode(clip, SOURCE), _encode(clip, "")
+    cond, empty = ctx[SOURCE], ctx[""]
 
     def a(t):
         return abar[t].float() if t >= 0 else torch.tensor(1.0)
@@ -197,9 +202,10 @@ def test_ddim_inversion_reconstructs_at_guidance_1_not_at_7_5(host, tiny_model):
 
 
 @pytest.mark.host
-def test_cross_attention_at_three_resolutions_through_host_patches(host, tiny_model):
+def test_cross_attention_at_three_resolutions_through_host_patches(host, tiny_model, ctx):
     """attn2 replace patches see the 10 documented blocks with 256/64/16 queries (16x16 latent); the hand-written
-    softmax attention reproduces the host's output and is peaked (each position picks a few tokens)."""
+    softmax attention reproduces the host's output, is far from uniform over the 77 tokens (attn2_key_scale) and
+    its per-word maps vary over space."""
     patcher, clip, vae = _loaded(host, tiny_model)
     seen = {}
 
@@ -220,11 +226,10 @@ def test_cross_attention_at_three_resolutions_through_host_patches(host, tiny_mo
     for block, number in ATTN2_KEYS:
         clone.set_model_attn2_replace(make((block, number)), block, number, 0)
     host.model_management.load_models_gpu([clone])
-    ctx = _encode(clip, SOURCE)
     x = torch.randn(1, 4, 16, 16) * 2.0
-    patched = _eps(clone, x, 2.0, ctx, clone.model_options["transformer_options"])
+    patched = _eps(clone, x, 2.0, ctx[SOURCE], clone.model_options["transformer_options"])
     host.model_management.load_models_gpu([patcher])
-    plain = _eps(patcher, x, 2.0, ctx)
+    plain = _eps(patcher, x, 2.0, ctx[SOURCE])
     assert float((patched - plain).abs().max()) < 1e-4
     assert set(seen) == set(ATTN2_KEYS)
     assert {key: n for key, (n, _, _) in seen.items()} == {
@@ -235,13 +240,16 @@ def test_cross_attention_at_three_resolutions_through_host_patches(host, tiny_mo
     assert all(block == key for key, (_, block, _) in seen.items())
     for key, (n, _, probs) in seen.items():
         peak = float(probs.max(dim=-1).values.mean())
-        assert peak > 0.3, (key, peak)  # measured 0.5-0.8; uniform over 77 tokens would be 0.013
-        # word maps vary over space: token 2 ("cat") attention differs between positions
+        assert peak > 0.05, (key, peak)  # measured 0.09-0.21; uniform over 77 tokens would be 0.013
+        effective_tokens = float((-(probs * probs.clamp_min(1e-12).log()).sum(-1)).mean().exp())
+        assert effective_tokens < 55, (key, effective_tokens)  # measured 23-46 of 77
+        # word maps vary over space: the attention to token 2 ("cat") differs between positions
         word_map = probs[0, :, :, 2].mean(0)
-        assert float(word_map.std() / word_map.mean()) > 0.1, key
+        assert float(word_map.std() / word_map.mean()) > 0.1, key  # measured 0.13-0.53
 
 
 @pytest.mark.host
+@torch.inference_mode()  # as the host's executor runs VAE Encode / VAE Decode
 def test_vae_encode_decode_sizes(host, tiny_model):
     patcher, clip, vae = tiny_model
     for size in (64, 128):
