@@ -130,14 +130,21 @@ function attachHelper(node) {
   injectCss();
   const root = el("div", "ntp-words");
   root.dataset.ntp = "word-helper";
+  const content = el("div", "ntp-content"); // sized by its text (root is sized by the node's layout)
+  root.appendChild(content);
   const state = { key: null, analysis: null };
-  const widget = node.addDOMWidget(WIDGET, "ntp_words", root, {
+  // As tall as the content (plus the widget's margins above and below and the box's padding): measured once it is
+  // on screen, estimated before.
+  let widget = null;
+  const height = () => (content.offsetHeight > 0 ? content.offsetHeight : estimateHeight(state.analysis ??
+    { edits: [], warnings: [], source: [] })) + 2 * (widget?.margin ?? 10) + 10;
+  widget = node.addDOMWidget(WIDGET, "ntp_words", root, {
     serialize: false,
     hideOnZoom: true,
     getValue: () => undefined,
     setValue: () => {},
-    getMinHeight: () => Math.max(estimateHeight(state.analysis ?? { edits: [], warnings: [], source: [] }),
-      root.scrollHeight || 0),
+    getMinHeight: height,
+    getMaxHeight: height,
   });
   widget.serialize = false; // keep widgets_values and the API prompt exactly as without the helper
 
@@ -147,7 +154,7 @@ function attachHelper(node) {
     if (!force && key === state.key) return;
     state.key = key;
     state.analysis = analyseController(values);
-    render(root, state.analysis);
+    render(content, state.analysis);
     node.ntpWordHelper = state.analysis; // for tests and other extensions
     const need = node.computeSize?.();
     if (need && need[1] > node.size[1]) node.setSize([node.size[0], need[1]]);
