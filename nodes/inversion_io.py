@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
+import uuid
 
 import safetensors
 import safetensors.torch
@@ -158,11 +158,11 @@ def write_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
     On any error (Cancel included) the temporary file is removed: the folder never holds a half-written file.
     """
     folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".ntp-", suffix=".tmp", dir=folder)
-    os.close(fd)
+    # a unique hidden name beside the target (created by save_file, so it gets the usual permissions)
+    tmp = os.path.join(folder, f".ntp-{uuid.uuid4().hex}.tmp")
     try:
         safetensors.torch.save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
+        with open(tmp, "r+b") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

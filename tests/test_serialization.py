@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 
 import pytest
 import torch
@@ -408,3 +407,25 @@ def test_save_load_check_through_the_host_executor(io_nodes, tiny_model, checkpo
         assert not valid[0] and "path separator" in json.dumps(valid[3])
     finally:
         folder_paths.set_input_directory(old_input)
+
+
+def test_model_fingerprint_ignores_weight_patches(io_nodes, tiny_model):
+    """LoRA-style weight patches applied in place on load do not change the fingerprint (base weights hashed)."""
+    import comfy.model_management
+
+    model = tiny_model[0]
+    fp = io_nodes.model_fingerprint(model)
+    original = model.model.diffusion_model.out[2].weight.detach().clone()
+    patched = model.clone()
+    key = "diffusion_model.out.2.weight"
+    patched.add_patches({key: (torch.ones_like(model.model.diffusion_model.out[2].weight),)}, 0.5)
+    try:
+        comfy.model_management.load_models_gpu([patched])
+        assert key in patched.backup  # the weight really is patched in place now
+        assert not torch.equal(model.model.diffusion_model.out[2].weight, original)
+        assert io_nodes.model_fingerprint(patched) == fp
+    finally:
+        patched.unpatch_model()
+        comfy.model_management.load_models_gpu([model])
+    assert torch.equal(model.model.diffusion_model.out[2].weight, original)  # the shared model is back
+    assert io_nodes.model_fingerprint(model) == fp
