@@ -1,0 +1,304 @@
+"""Benchmark: the cost and quality of DDIM inversion, null-text optimisation, fast modes and an edit.
+
+    python bench/run_bench.py                       # tiny random model on CPU (a few minutes on 2 cores)
+    python bench/run_bench.py --checkpoint /path/v1-5-pruned-emaonly.safetensors --image photo.jpg --steps 50
+
+Prints one table (UNet forward evaluations and backward passes per phase, inner iterations, wall time, peak
+memory, reconstruction latent MSE and decoded PSNR) and writes it as JSON (--json). The baseline "reference" row
+is the authors' NullInversion transcribed in bench/reference_nti.py, run on the same model and inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]  # the repo's nodes/ shadows the host's
+
+
+def import_pack():
+    """The repo as package ``nulltext_p2p`` (a symlink in a temp dir), without the repo root on sys.path."""
+    link_dir = tempfile.mkdtemp(prefix="ntp_bench_")
+    os.symlink(REPO, os.path.join(link_dir, "nulltext_p2p"), target_is_directory=True)
+    sys.path.insert(0, link_dir)
+    sys.path.insert(0, str(REPO / "tests"))  # tiny_model, helpers
+    import nulltext_p2p  # noqa: F401
+
+
+class Counter:
+    """Counts UNet forward calls, evaluated rows and backward passes through the UNet."""
+
+    def __init__(self, unet) -> None:
+        self.forwards = self.rows = self.backwards = 0
+        unet.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        self.forwards += 1
+        self.rows += int(output.shape[0])
+        if output.requires_grad:
+            output.register_hook(self._count_backward)
+
+    def _count_backward(self, grad) -> None:
+        self.backwards += 1
+
+    def snapshot(self) -> tuple[int, int, int]:
+        return self.forwards, self.rows, self.backwards
+
+
+class PeakMemory:
+    """Peak process RSS (sampled every 5 ms) and GPU allocator peak during a block."""
+
+    def __init__(self, torch) -> None:
+        self.torch = torch
+
+    @contextmanager
+    def measure(self, out: dict):
+        import psutil
+
+        proc = psutil.Process()
+        peak = [proc.memory_info().rss]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], proc.memory_info().rss)
+                stop.wait(0.005)
+
+        cuda = self.torch.cuda.is_available()
+        if cuda:
+            self.torch.cuda.reset_peak_memory_stats()
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            out["peak_rss_mib"] = round(peak[0] / 2 ** 20, 1)
+            if cuda:
+                out["peak_gpu_mib"] = round(self.torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+
+
+def psnr(a, b) -> float:
+    mse = float(((a.double() - b.double()) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--comfyui", help="ComfyUI checkout (default: COMFYUI_PATH, then ~/ComfyUI)")
+    ap.add_argument("--checkpoint", help="an SD 1.x checkpoint; default: the tiny random test model")
+    ap.add_argument("--image", help="an image file; default: a synthetic image (tiny model: a synthetic latent)")
+    ap.add_argument("--size", type=int, default=None, help="image side in px (default 512, tiny model 128)")
+    ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50, tiny model 10)")
+    ap.add_argument("--inner", type=int, default=10, help="inner iterations (default 10)")
+    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--cpu", action="store_true", help="force the CPU")
+    ap.add_argument("--skip-reference", action="store_true", help="do not run the reference baseline")
+    ap.add_argument("--precision", action="append", default=[], choices=["fp16", "bf16"],
+                    help="also run null-text with the model in this dtype (embedding stays fp32)")
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
+    args = ap.parse_args(argv)
+
+    sys.path.insert(0, str(REPO))
+    from runner.host import find_comfyui, setup_host  # noqa: E402
+
+    tiny = args.checkpoint is None
+    host = setup_host(find_comfyui(args.comfyui), cpu=args.cpu or tiny)
+    sys.path.remove(str(REPO))
+    import_pack()
+    import torch
+
+    from helpers import encode, image_latent, make_test_image  # tests/helpers.py
+    from nulltext_p2p.core.ddim import ddim_sample
+    from nulltext_p2p.host.unet import HostUNet, alphas_cumprod
+    from nulltext_p2p.nodes.attention_controller import build_control
+    from nulltext_p2p.nodes.ddim_invert import run_inversion
+    from nulltext_p2p.nodes.edited_sample import run_edit
+    from nulltext_p2p.nodes.fast_inversion import run_fast_inversion
+    from nulltext_p2p.nodes.null_text_optimize import run_null_text
+    import comfy.sd
+
+    steps = args.steps or (10 if tiny else 50)
+    size = args.size or (128 if tiny else 512)
+    ckpt = args.checkpoint
+    if tiny:
+        from tiny_model import build_tiny_sd15_checkpoint
+
+        ckpt = build_tiny_sd15_checkpoint(os.path.join(tempfile.mkdtemp(prefix="ntp_bench_ckpt_"), "tiny.safetensors"))
+
+    def load(dtype=None):
+        opts = {} if dtype is None else {"dtype": dtype}
+        return comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=True, output_clip=True,
+                                                     embedding_directory=None, model_options=opts)[:3]
+
+    model, clip, vae = load()
+    source_text, target_text = "a cat sitting on a table", "a tiger sitting on a table"
+    source, null = encode(clip, source_text), encode(clip, "")
+    if args.image:
+        from PIL import Image
+        import numpy as np
+
+        im = Image.open(args.image).convert("RGB").resize((size, size), Image.LANCZOS)
+        image = torch.from_numpy(np.asarray(im).astype("float32") / 255.0)[None]
+    else:
+        image = make_test_image(size, size)
+    latent = image_latent(model, size // 8, size // 8) if (tiny and not args.image) else {"samples": vae.encode(image)}
+
+    comfy_mm = host.model_management
+    comfy_mm.load_models_gpu([model])
+    counter = Counter(model.model.diffusion_model)
+    mem = PeakMemory(torch)
+    rows: list[dict] = []
+    state: dict = {}
+
+    def decode_psnr(z_model) -> float:
+        img = vae.decode(model.model.process_latent_out(z_model.to(torch.float32)))
+        ref = vae.decode(latent["samples"]) if tiny and not args.image else image
+        return psnr(img[..., :3].cpu().clamp(0, 1), ref[..., :3].cpu().clamp(0, 1))
+
+    def phase(name: str, fn, z0=None, note: str = ""):
+        row = {"phase": name, "note": note}
+        f0, r0, b0 = counter.snapshot()
+        with mem.measure(row):
+            t0 = time.perf_counter()
+            result = fn()
+            row["wall_s"] = round(time.perf_counter() - t0, 3)
+        f1, r1, b1 = counter.snapshot()
+        row.update(unet_calls=f1 - f0, unet_evals=r1 - r0, backward=b1 - b0)
+        rec = result.get("recon") if isinstance(result, dict) else None
+        if rec is not None and z0 is not None:
+            row["latent_mse"] = float(((rec.double().cpu() - z0.double().cpu()) ** 2).mean())
+            row["psnr_db"] = round(decode_psnr(rec), 2)
+        if isinstance(result, dict) and "iterations" in result:
+            row["inner_iterations"] = int(sum(result["iterations"]))
+        rows.append(row)
+        print(f"  {name:<34} {row['wall_s']:8.2f} s  evals {row['unet_evals']:5d}  backward {row['backward']:5d}", flush=True)
+        return result
+
+    print(f"bench: {steps} steps, {size}px, inner {args.inner}, guidance {args.guidance}, "
+          f"device {comfy_mm.get_torch_device()}, checkpoint {'tiny' if tiny else ckpt}", flush=True)
+    inv = phase("ddim inversion", lambda: {"inv": run_inversion(model, source, latent, steps)})["inv"]
+    z0 = inv.latents[0]
+    unet = HostUNet(model)
+    plain_nulls = null[0][0].unsqueeze(0).expand(steps, *null[0][0].shape)
+
+    def plain():
+        with torch.no_grad():
+            return {"recon": ddim_sample(lambda x, t, c: unet.eps(x, t, c), inv.schedule, inv.x_T, source[0][0],
+                                         plain_nulls, args.guidance)}
+
+    phase("plain DDIM @ guidance (no NTI)", plain, z0, "reconstruction without null-text")
+
+    def ours(inner=args.inner, eps=1e-5, m=model):
+        with torch.inference_mode():  # as ComfyUI runs nodes
+            value, final = run_null_text(m, source, null, inv, args.guidance, inner, eps)
+        state.setdefault("values", {})[(inner, eps)] = value
+        return {"recon": final, "iterations": value.iterations, "value": value}
+
+    r_ours = phase("null-text (ours, default)", ours, z0, "reference semantics")
+    if not args.skip_reference:
+        sys.path.insert(0, str(REPO / "bench"))
+        from reference_nti import ReferenceNullInversion
+
+        diffusion = model.model.diffusion_model
+        ref_params = {}
+
+        def reference():
+            for n, p in diffusion.named_parameters():  # as a diffusers UNet: weights require grad
+                ref_params[n] = p.requires_grad
+                p.requires_grad_(True)
+            try:
+                def raw_unet(x, t, ctx):
+                    tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
+                    return diffusion(x, timesteps=tt, context=ctx.expand(x.shape[0], -1, -1) if ctx.shape[0] == 1 else ctx)
+
+                ref = ReferenceNullInversion(raw_unet, alphas_cumprod(model), steps, args.guidance)
+                dev = comfy_mm.get_torch_device()
+                traj = [z.to(dev) for z in inv.latents]
+                embs, iters, final = ref.null_optimization(traj, null[0][0].to(dev), source[0][0].to(dev), args.inner, 1e-5)
+                return {"recon": final.detach(), "iterations": iters, "embs": torch.stack(embs)}
+            finally:
+                for n, p in diffusion.named_parameters():
+                    p.requires_grad_(ref_params[n])
+                    p.grad = None
+
+        r_ref = phase("null-text (authors' reference)", reference, z0, "weight grads, cond recomputed")
+        diff = float((r_ours["value"].embeddings.to(r_ref["embs"].device) - r_ref["embs"]).abs().max())
+        rows[-1]["max_embedding_diff_vs_ours"] = diff
+        rows[-1]["iterations_equal"] = list(r_ours["iterations"]) == list(r_ref["iterations"])
+    phase("null-text inner_steps=5", lambda: ours(5), z0, "named option: fewer inner steps")
+    phase("null-text epsilon=1e-3", lambda: ours(args.inner, 1e-3), z0, "named option: looser early stop")
+    for prec in args.precision:
+        dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[prec]
+        m_lp = load(dt)[0]
+        Counter(m_lp.model.diffusion_model)
+        phase(f"null-text, model {prec}", lambda: ours(m=m_lp), z0, "named option: low-precision forward, fp32 embedding")
+    for method in ("negative-prompt", "direct-inversion"):
+        def fast(method=method):
+            with torch.inference_mode():
+                value, final = run_fast_inversion(model, source, null, inv, method, args.guidance)
+            state[method] = value
+            with torch.inference_mode():
+                out, _ = run_edit(model, inv, value, source, None, None, args.guidance, preview=False)
+            return {"recon": out[0:1]}
+        phase(f"{method} (+ reconstruction)", fast, z0, "fast mode")
+
+    control, _, target = build_control(clip, source_text, target_text, "replace", 0.8, 0.5, "", "", "cat, tiger", 0.3, 0.2)
+
+    def edit():
+        with torch.inference_mode():
+            out, _ = run_edit(model, inv, r_ours["value"], source, target, control, args.guidance, preview=False)
+        return {"recon": out[0:1]}
+
+    phase("edit (P2P replace + blend, 1 edit)", edit, z0, "row 0 reconstruction, row 1 edit")
+
+    report = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "torch": torch.__version__, "device": str(comfy_mm.get_torch_device())},
+        "settings": {"steps": steps, "size": size, "inner": args.inner, "guidance": args.guidance,
+                     "checkpoint": "tiny" if tiny else ckpt},
+        "phases": rows,
+    }
+    cols = ["phase", "wall_s", "unet_evals", "backward", "inner_iterations", "peak_rss_mib", "peak_gpu_mib",
+            "latent_mse", "psnr_db"]
+    print()
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"{v:.3e}" if c == "latent_mse" and v != "" else str(v))
+        print("| " + " | ".join(cells) + " |")
+    if not args.skip_reference:
+        ref_row = next(r for r in rows if r["phase"].startswith("null-text (authors"))
+        our_row = next(r for r in rows if r["phase"] == "null-text (ours, default)")
+        print(f"\nours vs reference (optimisation phase): {our_row['unet_evals']} vs {ref_row['unet_evals']} UNet evals "
+              f"({ref_row['unet_evals'] - our_row['unet_evals']} fewer), wall {our_row['wall_s'] / ref_row['wall_s']:.2f}x, "
+              f"max |embedding diff| {ref_row['max_embedding_diff_vs_ours']:.2e}, same iterations: {ref_row['iterations_equal']}")
+        report["ours_vs_reference"] = {
+            "evals_saved": ref_row["unet_evals"] - our_row["unet_evals"],
+            "wall_ratio": our_row["wall_s"] / ref_row["wall_s"],
+            "max_embedding_diff": ref_row["max_embedding_diff_vs_ours"],
+            "iterations_equal": ref_row["iterations_equal"],
+        }
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
