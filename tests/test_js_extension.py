@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -308,6 +309,7 @@ def chromium():
         msg = ("!!! Chromium NOT FOUND: the browser test of the js/ extension is SKIPPED. "
                "Install it with `apt-get install -y chromium` (Debian) to run it. !!!")
         print("\n" + msg)
+        warnings.warn(msg)
         pytest.skip(msg)
     return path
 
@@ -504,7 +506,7 @@ def test_js_served_by_the_host(comfy_server):
     assert status == 200 and f"/extensions/{PACK_DIR_NAME}/nulltext_p2p.js".encode() in body
 
 
-def test_word_helper_in_headless_chromium(comfy_server, browser, tiny_checkpoint_path):
+def test_word_helper_in_headless_chromium(browser, comfy_server, tiny_checkpoint_path):
     shots = Path(tempfile.mkdtemp(prefix="ntp_screens_"))
     results = asyncio.run(asyncio.wait_for(
         _drive_page(browser, comfy_server, os.path.basename(tiny_checkpoint_path), shots), PAGE_TIMEOUT + 240))
