@@ -117,9 +117,9 @@ class AttentionController(io.ComfyNode):
                 io.Float.Input("blend_start", default=0.2, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the steps after which local blend starts (0.2 in the paper)."),
             ],
             outputs=[
-                io.Custom("NTP_ATTENTION_CONTROL").Output("control", tooltip="The Prompt-to-Prompt settings for Edited Sample."),
-                io.Conditioning.Output("source", tooltip="The source prompt encoded with this CLIP (can feed DDIM Invert and Null-Text Optimize)."),
-                io.Conditioning.Output("target", tooltip="The target prompt(s) encoded, one row per line, for Edited Sample."),
+                io.Custom("NTP_ATTENTION_CONTROL").Output("control", display_name="control", tooltip="The Prompt-to-Prompt settings for Edited Sample."),
+                io.Conditioning.Output("source", display_name="source", tooltip="The source prompt encoded with this CLIP (can feed DDIM Invert and Null-Text Optimize)."),
+                io.Conditioning.Output("target", display_name="target", tooltip="The target prompt(s) encoded, one row per line, for Edited Sample."),
             ],
         )
 

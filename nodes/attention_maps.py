@@ -100,7 +100,7 @@ class AttentionMaps(io.ComfyNode):
                 io.Int.Input("columns", default=0, min=0, max=32, tooltip="Tiles per grid row; 0 picks a near-square grid."),
             ],
             outputs=[
-                io.Image.Output("grid", tooltip="The labelled grid of heat maps (one tile per word)."),
+                io.Image.Output("grid", display_name="grid", tooltip="The labelled grid of heat maps (one tile per word)."),
             ],
             is_output_node=True,
         )

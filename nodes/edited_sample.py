@@ -137,8 +137,8 @@ class EditedSample(io.ComfyNode):
                 io.Custom("NTP_ATTENTION_CONTROL").Input("control", optional=True, tooltip="The Attention Controller's control. Without it the targets are sampled without attention control (a naive edit)."),
             ],
             outputs=[
-                io.Latent.Output("latent", tooltip="Batch [reconstruction, edit 1, edit 2, ...] for VAE Decode."),
-                io.Custom("NTP_ATTENTION_MAPS").Output("attention", tooltip="Cross-attention maps of every prompt row averaged over steps, layers and heads (for Attention Maps)."),
+                io.Latent.Output("latent", display_name="latent", tooltip="Batch [reconstruction, edit 1, edit 2, ...] for VAE Decode."),
+                io.Custom("NTP_ATTENTION_MAPS").Output("attention", display_name="attention", tooltip="Cross-attention maps of every prompt row averaged over steps, layers and heads (for Attention Maps)."),
             ],
         )
 

@@ -84,8 +84,8 @@ class FastInversion(io.ComfyNode):
                 io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="The guidance you will edit with (7.5). Direct Inversion's offsets are computed for it."),
             ],
             outputs=[
-                io.Custom("NTP_NULL_EMBEDDINGS").Output("null_embeddings", tooltip="Per-step values for Edited Sample (same type as Null-Text Optimize's)."),
-                io.Latent.Output("reconstruction", tooltip="The reconstruction these values give (VAE Decode it to check)."),
+                io.Custom("NTP_NULL_EMBEDDINGS").Output("null_embeddings", display_name="null_embeddings", tooltip="Per-step values for Edited Sample (same type as Null-Text Optimize's)."),
+                io.Latent.Output("reconstruction", display_name="reconstruction", tooltip="The reconstruction these values give (VAE Decode it to check)."),
             ],
         )
 

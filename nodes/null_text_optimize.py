@@ -93,8 +93,8 @@ class NullTextOptimize(io.ComfyNode):
                 io.Float.Input("epsilon", default=1e-5, min=0.0, max=1.0, step=1e-6, round=1e-7, tooltip="Early stop: a step stops when its loss falls below epsilon + step x 2e-5 (1e-5 in the paper). Larger is faster."),
             ],
             outputs=[
-                io.Custom("NTP_NULL_EMBEDDINGS").Output("null_embeddings", tooltip="One optimised unconditional embedding per DDIM step, tied to this inversion."),
-                io.Latent.Output("reconstruction", tooltip="The guided reconstruction reached with the optimised embeddings (VAE Decode it to check the inversion)."),
+                io.Custom("NTP_NULL_EMBEDDINGS").Output("null_embeddings", display_name="null_embeddings", tooltip="One optimised unconditional embedding per DDIM step, tied to this inversion."),
+                io.Latent.Output("reconstruction", display_name="reconstruction", tooltip="The guided reconstruction reached with the optimised embeddings (VAE Decode it to check the inversion)."),
             ],
         )
 
