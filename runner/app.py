@@ -52,9 +52,10 @@ async def prepare_in_process(comfyui: Optional[str] = None, cpu: bool = False, l
 async def run_in_process(workflow_path: str, image: Optional[str] = None, checkpoint: Optional[str] = None,
                          sets: Iterable[str] = (), comfyui: Optional[str] = None, output_dir: Optional[str] = None,
                          input_dir: Optional[str] = None, cpu: bool = False, reporter=None, verbose: bool = False,
-                         log=print, on_prompt=None):
+                         log=print, on_prompt=None, executor=None):
     """Load the workflow, the host and its nodes; convert with the host's node definitions; apply the overrides;
-    validate and execute in this process. Returns a ``runner.host.RunResult`` (``.saved`` lists the files)."""
+    validate and execute in this process. Returns a ``runner.host.RunResult`` (``.saved`` lists the files).
+    ``executor``: ``RunResult.executor`` of an earlier run, to reuse its caches (unchanged nodes are not re-run)."""
     from .host import Reporter, directories, execute_prompt, import_image, register_checkpoint
 
     workflow = load_workflow(workflow_path)
@@ -70,7 +71,7 @@ async def run_in_process(workflow_path: str, image: Optional[str] = None, checkp
         reporter = reporter or Reporter(prompt)
         reporter.prompt = prompt
         return await execute_prompt(host, prompt, workflow if is_ui_workflow(workflow) else None, reporter,
-                                    verbose=verbose)
+                                    verbose=verbose, executor=executor)
 
 
 async def convert_in_process(workflow_path: str, image: Optional[str] = None, checkpoint: Optional[str] = None,

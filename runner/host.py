@@ -450,9 +450,13 @@ def collect_saved(host: Host, ui_outputs: Mapping, prompt: Mapping) -> list:
 
 
 async def execute_prompt(host: Host, prompt: dict, workflow: Optional[Mapping] = None,
-                         reporter: Optional[Reporter] = None, verbose: bool = False) -> RunResult:
+                         reporter: Optional[Reporter] = None, verbose: bool = False, executor=None) -> RunResult:
     """Validate with ``execution.validate_prompt`` and run with ``execution.PromptExecutor``; raises
-    ValidationError / ExecutionError with readable messages."""
+    ValidationError / ExecutionError with readable messages.
+
+    ``executor``: a PromptExecutor from an earlier RunResult to run with its caches, as a server does for
+    successive prompts (nodes whose inputs did not change are not run again). It is only reused while the output
+    and input folders stay the same: the executor keeps node objects, and Save Image remembers its folder."""
     execution = host.execution
     reporter = reporter or Reporter(prompt)
     prompt_id = str(uuid.uuid4())
@@ -461,9 +465,18 @@ async def execute_prompt(host: Host, prompt: dict, workflow: Optional[Mapping] =
     if not ok or node_errors:
         raise ValidationError(format_validation_error(error, node_errors, prompt))
 
-    server = ServerStub(reporter)
+    folders = (host.folder_paths.get_output_directory(), host.folder_paths.get_input_directory(),
+               host.folder_paths.get_temp_directory())
+    if executor is not None and getattr(executor, "_nulltext_p2p_folders", None) != folders:
+        executor = None
+    if executor is None:
+        server = ServerStub(reporter)
+        executor = execution.PromptExecutor(server)
+        executor._nulltext_p2p_folders = folders
+    else:
+        server = executor.server
+        server.reporter = reporter
     server.last_prompt_id = prompt_id
-    executor = execution.PromptExecutor(server)
     extra_data: dict = {"client_id": CLIENT_ID}
     if workflow is not None:
         extra_data["extra_pnginfo"] = {"workflow": workflow}  # saved PNGs open in the editor, as from the UI

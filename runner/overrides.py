@@ -146,6 +146,8 @@ def set_input(prompt: dict, definitions: Mapping, node_id: str, name: str, raw: 
         names = [s.name for s in node_inputs(info) if s.is_widget]
         raise OverrideError(f"{what}: node {node_id} {title!r} ({node['class_type']}) has no input {name!r}; its "
                             f"settable inputs are: {', '.join(names) if names else '(none)'}.")
+    if not spec.is_widget:
+        coerce_value(spec, raw, what)  # raises: a connection, not a value
     current = node["inputs"].get(name)
     if isinstance(current, list) and len(current) == 2 and isinstance(current[0], str):
         src = prompt.get(current[0])
