@@ -321,10 +321,10 @@ class LoadInversion(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model you will edit with; compared with the fingerprint of the model the inversion was made with."),
             ],
             outputs=[
-                io.Custom("NTP_INVERSION").Output("inversion", tooltip="The saved inversion, identical to the one saved (for Edited Sample)."),
-                io.Custom("NTP_NULL_EMBEDDINGS").Output("null_embeddings", tooltip="The saved null embeddings (for Edited Sample)."),
-                io.Conditioning.Output("source", tooltip="The source prompt embedding used for the inversion (can feed Edited Sample's 'source')."),
-                io.String.Output("source_prompt", tooltip="The source caption stored with the file (empty when none was given to Save Inversion); type it as the Attention Controller's source_prompt."),
+                io.Custom("NTP_INVERSION").Output("inversion", display_name="inversion", tooltip="The saved inversion, identical to the one saved (for Edited Sample)."),
+                io.Custom("NTP_NULL_EMBEDDINGS").Output("null_embeddings", display_name="null_embeddings", tooltip="The saved null embeddings (for Edited Sample)."),
+                io.Conditioning.Output("source", display_name="source", tooltip="The source prompt embedding used for the inversion (can feed Edited Sample's 'source')."),
+                io.String.Output("source_prompt", display_name="source_prompt", tooltip="The source caption stored with the file (empty when none was given to Save Inversion); type it as the Attention Controller's source_prompt."),
             ],
         )
 

@@ -61,8 +61,8 @@ class ReconstructionCheck(io.ComfyNode):
                 io.Image.Input("reconstruction", tooltip="VAE Decode of the reconstruction (Null-Text Optimize's 'reconstruction', or Edited Sample's batch: row 0 is the reconstruction, later rows are edits)."),
             ],
             outputs=[
-                io.Float.Output("psnr", tooltip=f"PSNR of row 0 in dB (data range 1; identical images give {PSNR_CAP_DB:g})."),
-                io.Float.Output("ssim", tooltip=f"SSIM of row 0 (Gaussian window {SSIM_WINDOW}, sigma 1.5, per RGB channel averaged); 1 = identical."),
+                io.Float.Output("psnr", display_name="psnr", tooltip=f"PSNR of row 0 in dB (data range 1; identical images give {PSNR_CAP_DB:g})."),
+                io.Float.Output("ssim", display_name="ssim", tooltip=f"SSIM of row 0 (Gaussian window {SSIM_WINDOW}, sigma 1.5, per RGB channel averaged); 1 = identical."),
             ],
         )
 
