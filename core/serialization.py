@@ -16,6 +16,7 @@ key                             shape                            dtype    what
 ``null.embeddings``             [steps, 1, tokens, dim]          float32  per-step null embeddings
 ``null.iterations``             [n] (n = steps, or 0)            int64    inner iterations per step
 ``null.losses``                 [n]                              float64  last loss per step
+``null.latent_offsets``         [steps, 1, C, H, W] (optional)   float32  Direct Inversion's per-step offsets
 ==============================  ===============================  =======  ==========================================
 
 Metadata (safetensors header, string -> string):
@@ -57,6 +58,10 @@ TENSOR_SPEC: dict[str, tuple[torch.dtype, int]] = {
     "null.embeddings": (torch.float32, 4),
     "null.iterations": (torch.int64, 1),
     "null.losses": (torch.float64, 1),
+}
+# present only for Direct Inversion (per-step latent offsets added to the source row while editing)
+OPTIONAL_TENSOR_SPEC: dict[str, tuple[torch.dtype, int]] = {
+    "null.latent_offsets": (torch.float32, 5),
 }
 REQUIRED_METADATA = ("format", "format_version", "tensors", "steps", "latent_shape", "inversion_fingerprint",
                      "source_fingerprint", "null_inversion_fingerprint", "null_guidance", "null_method")
@@ -121,6 +126,8 @@ def to_state(inversion: Inversion, null: NullEmbeddings, *, source_prompt: str =
         "null.iterations": torch.tensor([int(i) for i in null.iterations], dtype=torch.int64).reshape(-1),
         "null.losses": torch.tensor([float(v) for v in null.losses], dtype=torch.float64).reshape(-1),
     }
+    if null.latent_offsets is not None:
+        tensors["null.latent_offsets"] = null.latent_offsets.detach().to("cpu", torch.float32).contiguous()
     latent_shape = list(latents.shape[1:])
     metadata = {
         "format": FORMAT,
@@ -191,12 +198,14 @@ def from_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
     manifest = _json(metadata, "tensors")
     if not isinstance(manifest, dict):
         raise _damaged("metadata 'tensors' is not a table.")
-    if set(manifest) != set(TENSOR_SPEC):
-        raise _damaged(f"metadata 'tensors' lists {sorted(manifest)}, expected {sorted(TENSOR_SPEC)}.")
-    if set(tensors) != set(TENSOR_SPEC):
-        extra, absent = sorted(set(tensors) - set(TENSOR_SPEC)), sorted(set(TENSOR_SPEC) - set(tensors))
+    spec = dict(TENSOR_SPEC)
+    spec.update({k: v for k, v in OPTIONAL_TENSOR_SPEC.items() if k in manifest})
+    if set(manifest) != set(spec):
+        raise _damaged(f"metadata 'tensors' lists {sorted(manifest)}, expected {sorted(spec)}.")
+    if set(tensors) != set(spec):
+        extra, absent = sorted(set(tensors) - set(spec)), sorted(set(spec) - set(tensors))
         raise _damaged(f"tensors missing {absent}, unexpected {extra}.")
-    for key, (dtype, ndim) in TENSOR_SPEC.items():
+    for key, (dtype, ndim) in spec.items():
         t, entry = tensors[key], manifest[key]
         if not isinstance(entry, dict):
             raise _damaged(f"metadata 'tensors' entry of '{key}' is not a table.")
@@ -239,6 +248,9 @@ def from_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
         problems.append(f"source embedding {list(context.shape)} and null embeddings {list(emb.shape)} disagree")
     if iterations.shape[0] != losses.shape[0] or iterations.shape[0] not in (0, steps):
         problems.append(f"{iterations.shape[0]} iteration counts and {losses.shape[0]} losses for {steps} steps")
+    offsets = tensors.get("null.latent_offsets")
+    if offsets is not None and (offsets.shape[0] != steps or list(offsets.shape[1:]) != list(latents.shape[1:])):
+        problems.append(f"latent offsets {list(offsets.shape)} for {steps} steps of latents {list(latents.shape[1:])}")
     if problems:
         raise _damaged("; ".join(problems) + ".")
 
@@ -250,6 +262,7 @@ def from_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
                           source_fingerprint=metadata["source_fingerprint"])
     null = NullEmbeddings(embeddings=emb, inversion_fingerprint=metadata["null_inversion_fingerprint"],
                           guidance=guidance, method=metadata["null_method"],
-                          iterations=[int(i) for i in iterations.tolist()], losses=[float(v) for v in losses.tolist()])
+                          iterations=[int(i) for i in iterations.tolist()], losses=[float(v) for v in losses.tolist()],
+                          latent_offsets=offsets)
     return LoadedInversion(inversion=inversion, null=null, source_prompt=metadata.get("source_prompt", ""),
                            metadata=metadata)
