@@ -429,3 +429,24 @@ def test_model_fingerprint_ignores_weight_patches(io_nodes, tiny_model):
         comfy.model_management.load_models_gpu([model])
     assert torch.equal(model.model.diffusion_model.out[2].weight, original)  # the shared model is back
     assert io_nodes.model_fingerprint(model) == fp
+
+
+def test_direct_inversion_offsets_round_trip():
+    """Direct Inversion's per-step latent offsets are kept; without them the key is absent."""
+    from nulltext_p2p.core.schedule import DDIMSchedule
+    from nulltext_p2p.core.serialization import from_state, to_state
+    from nulltext_p2p.core.values import Inversion, NullEmbeddings
+
+    sched = DDIMSchedule.from_alphas_cumprod(torch.linspace(0.999, 0.01, 1000, dtype=torch.float64), 4)
+    inv = Inversion(latents=torch.randn(5, 1, 4, 8, 8), schedule=sched, source_context=torch.randn(1, 77, 768))
+    offsets = torch.randn(4, 1, 4, 8, 8)
+    null = NullEmbeddings(embeddings=torch.randn(4, 1, 77, 768), inversion_fingerprint=inv.fingerprint, guidance=7.5,
+                          method="direct-inversion", latent_offsets=offsets)
+    tensors, meta = to_state(inv, null)
+    assert torch.equal(from_state(tensors, meta).null.latent_offsets, offsets)
+    tensors["null.latent_offsets"] = torch.randn(3, 1, 4, 8, 8)
+    with pytest.raises(ValueError):
+        from_state(tensors, meta)
+    null.latent_offsets = None
+    tensors, meta = to_state(inv, null)
+    assert "null.latent_offsets" not in tensors and from_state(tensors, meta).null.latent_offsets is None
