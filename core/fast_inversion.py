@@ -32,7 +32,7 @@ def direct_inversion_offsets(
     on_step: Optional[Callable[[int], None]] = None,
     eps_uncond_fn: Optional[EpsFn] = None,
 ) -> torch.Tensor:
-    """Per-step offsets ``z_{T-i-1} - DDIM_step(z_{T-i}, guided eps)`` ([steps, *latent shape], float32).
+    """Per-step offsets ``z_{T-i-1} - DDIM_step(z_{T-i}, guided eps)`` ([steps, *latent shape], trajectory dtype).
 
     The source branch starts on the trajectory and, with the offset added after every step, stays on it.
     """
@@ -43,7 +43,7 @@ def direct_inversion_offsets(
         x = trajectory[steps - i]
         eps = guided_eps(eps_u_fn(x, t, null), eps_fn(x, t, cond), guidance)
         landed = ddim_step(x, eps, schedule.alphas_cumprod[i], schedule.next_alpha_cumprod(i))
-        offsets.append((trajectory[steps - 1 - i] - landed).to(torch.float32))
+        offsets.append(trajectory[steps - 1 - i] - landed)
         if on_step is not None:
             on_step(i)
     return torch.stack(offsets)
