@@ -40,11 +40,14 @@ def build_prompt(workflow: Mapping, definitions: Mapping, image_name: Optional[s
     return apply_overrides(prompt, definitions, image_name=image_name, checkpoint=checkpoint, sets=list(sets))
 
 
-async def prepare_in_process(comfyui: Optional[str] = None, cpu: bool = False, log=print):
+async def prepare_in_process(comfyui: Optional[str] = None, cpu: bool = False, log=None):
     """Find, import and initialise the host; returns (host, node definitions)."""
     from .host import HostNodeDefinitions, find_comfyui, init_nodes, setup_host
 
-    host = setup_host(find_comfyui(comfyui), cpu=cpu, log=log)
+    path = find_comfyui(comfyui)
+    if log is not None:
+        log(f"ComfyUI at {path}")
+    host = setup_host(path, cpu=cpu, log=log or (lambda _msg: None))
     await init_nodes(host)
     return host, HostNodeDefinitions(host.nodes)
 
@@ -52,7 +55,7 @@ async def prepare_in_process(comfyui: Optional[str] = None, cpu: bool = False, l
 async def run_in_process(workflow_path: str, image: Optional[str] = None, checkpoint: Optional[str] = None,
                          sets: Iterable[str] = (), comfyui: Optional[str] = None, output_dir: Optional[str] = None,
                          input_dir: Optional[str] = None, cpu: bool = False, reporter=None, verbose: bool = False,
-                         log=print, on_prompt=None, executor=None):
+                         log=None, on_prompt=None, executor=None):
     """Load the workflow, the host and its nodes; convert with the host's node definitions; apply the overrides;
     validate and execute in this process. Returns a ``runner.host.RunResult`` (``.saved`` lists the files).
     ``executor``: ``RunResult.executor`` of an earlier run, to reuse its caches (unchanged nodes are not re-run)."""
@@ -76,12 +79,12 @@ async def run_in_process(workflow_path: str, image: Optional[str] = None, checkp
 
 async def convert_in_process(workflow_path: str, image: Optional[str] = None, checkpoint: Optional[str] = None,
                              sets: Iterable[str] = (), comfyui: Optional[str] = None, input_dir: Optional[str] = None,
-                             log=print) -> dict:
+                             log=None) -> dict:
     """The API prompt the run would execute (nothing runs; --image is copied into the input folder)."""
     from .host import directories, import_image, register_checkpoint
 
     workflow = load_workflow(workflow_path)
-    host, definitions = await prepare_in_process(comfyui, False, log)
+    host, definitions = await prepare_in_process(comfyui, True, log)  # nothing runs: no GPU needed
     with directories(host, None, input_dir):
         image_name = import_image(host, image) if image is not None else None
         ckpt_name = register_checkpoint(host, checkpoint) if checkpoint is not None else None

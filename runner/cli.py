@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from typing import Optional, Sequence
 
 from .errors import RunnerError
@@ -68,8 +69,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s",
-                        stream=sys.stderr)
+    root = logging.getLogger()
+    if not root.handlers:  # a fresh process (not inside another program's logging set-up)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        if not args.verbose:  # the runner prints validation/execution errors itself, once and readably
+            handler.addFilter(lambda r: not (r.module == "execution" and r.levelno >= logging.ERROR))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO if args.verbose else logging.WARNING)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)
@@ -84,6 +91,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen host problem: say so, traceback with -v
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: unexpected {type(e).__name__}: {e}" + ("" if args.verbose else " (-v shows the traceback)"),
+              file=sys.stderr)
+        return 1
 
 
 def _convert(args, log) -> int:
@@ -133,7 +146,8 @@ def _run(args, log) -> int:
         log(json.dumps(prompt, indent=2, ensure_ascii=False))
 
     result = run_sync(run_in_process(args.workflow, args.image, args.checkpoint, args.sets, args.comfyui,
-                                     args.output_dir, args.input_dir, args.cpu, reporter, args.verbose, log,
+                                     args.output_dir, args.input_dir, args.cpu, reporter, args.verbose,
+                                     None if args.quiet else log,
                                      on_prompt=show_prompt if args.print_prompt else None))
     if not args.quiet:
         log(f"done in {result.seconds:.1f} s; {sum(1 for s in result.saved if s.kind == 'output')} file(s) saved:")

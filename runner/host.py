@@ -122,13 +122,21 @@ def setup_host(path: Path, cpu: bool = False, log: Callable[[str], None] = print
             args.cpu = True
         elif mm.cpu_state != mm.CPUState.CPU:
             log("warning: --cpu ignored: the host was already imported with another device in this process.")
-    import utils.install_util  # noqa: F401  (before execution/nodes, see the module docstring)
+    try:
+        import utils.install_util  # noqa: F401  (before execution/nodes, see the module docstring)
 
-    import comfy.model_management
-    import comfy.utils
-    import execution
-    import folder_paths
-    import nodes
+        import comfy.model_management
+        import comfy.utils
+        import execution
+        import folder_paths
+        import nodes
+    except Exception as e:  # noqa: BLE001 - any import failure of the host is reported the same way
+        hint = ""
+        if "cuda" in str(e).lower() and not cpu:
+            hint = " No usable GPU: add --cpu."
+        elif isinstance(e, ImportError):
+            hint = " Run the runner with the Python environment ComfyUI runs in."
+        raise HostNotFoundError(f"importing ComfyUI from {path} failed: {type(e).__name__}: {e}.{hint}") from e
 
     if first_import:
         extra = path / "extra_model_paths.yaml"

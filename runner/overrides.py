@@ -196,7 +196,7 @@ def apply_checkpoint(prompt: dict, definitions: Mapping, ckpt_name: str) -> list
         if spec.choices is not None and ckpt_name not in spec.choices:
             shown = ", ".join(repr(c) for c in spec.choices[:20]) or "(none)"
             raise OverrideError(f"--checkpoint: {ckpt_name!r} is not among this ComfyUI's checkpoints: {shown}. Put "
-                                "the file in ComfyUI/models/checkpoints or pass its full path.")
+                                "the file in ComfyUI/models/checkpoints (or, running in-process, pass its path).")
         prompt[nid]["inputs"][spec.name] = ckpt_name
     return [nid for nid, _ in targets]
 
