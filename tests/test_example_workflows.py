@@ -94,6 +94,16 @@ def fast_sets(prompt: dict) -> list[str]:
     return sets
 
 
+def note_command_sets(workflow: dict) -> list[str]:
+    """The --set values of the headless command quoted in the example's Note."""
+    import shlex
+
+    text = next(n for n in workflow["nodes"] if n["type"] in ("Note", "MarkdownNote"))["widgets_values"][0]
+    command = text[text.index("python -m runner run"):].replace("\\\n", " ")
+    words = shlex.split(command)
+    return [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+
+
 def tensors_in(value):
     import torch
 
@@ -129,6 +139,11 @@ def test_example_is_a_self_explaining_ui_workflow(path, runner_host):
         for name, value in DEFAULTS.get(node["class_type"], {}).items():
             assert node["inputs"][name] == pytest.approx(value), (node["_meta"]["title"], name)
     assert "SaveImage" in kinds
+    # the command the Note quotes names existing nodes, inputs and valid values
+    from nulltext_p2p.runner.overrides import apply_sets
+
+    assert note_command_sets(workflow)
+    apply_sets(prompt, definitions, note_command_sets(workflow))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -178,3 +193,21 @@ def test_example_runs_headless(path, runner_host, tiny_checkpoint_name, source_p
                 checked += 1
     assert checked > 0
     print(f"{path.name}: {len(saved)} images in {result.seconds:.1f} s")
+
+
+@pytest.mark.parametrize("name", ["word_swap.json", "invert_once_edit_many.json"])
+def test_note_command_runs(name, runner_host, tiny_checkpoint_name, source_png, shared_run):
+    """The Note's command (new targets with their local-blend words) runs too; the inversion comes from the cache."""
+    from nulltext_p2p.runner.app import build_prompt, load_workflow, run_in_process
+    from nulltext_p2p.runner.host import Reporter, run_sync
+
+    host, definitions = runner_host
+    path = REPO_ROOT / "example_workflows" / name
+    workflow = load_workflow(str(path))
+    sets = fast_sets(build_prompt(workflow, definitions)) + note_command_sets(workflow)
+    result = run_sync(run_in_process(str(path), image=source_png, checkpoint=tiny_checkpoint_name, sets=sets,
+                                     comfyui=str(host.path), output_dir=str(shared_run["output"]),
+                                     input_dir=str(shared_run["input"]), reporter=Reporter({}, quiet=True),
+                                     executor=shared_run["executor"]))
+    shared_run["executor"] = result.executor
+    assert len([s for s in result.saved if s.kind == "output"]) == EXPECTED_SAVED[name]
