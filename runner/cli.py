@@ -15,16 +15,17 @@ EPILOG = """\
 examples (from the pack folder, e.g. ComfyUI/custom_nodes/nulltext-p2p):
   python -m runner run example_workflows/word_swap.json --image photo.jpg \\
       --checkpoint v1-5-pruned-emaonly.safetensors \\
-      --set "Attention Controller.target_prompts=a dog sitting on a table"
+      --set "Attention Controller.target_prompts=a dog sitting on a table" \\
+      --set "Attention Controller.blend_words=cat, dog"
   python -m runner run example_workflows/invert_and_reconstruct.json --image photo.jpg --cpu --output-dir out
-  python -m runner convert example_workflows/refine.json > refine_api.json
+  python -m runner convert example_workflows/refine.json -o refine_api.json
   python -m runner run example_workflows/word_swap.json --image photo.jpg --url http://127.0.0.1:8188
 
 --set NODE.INPUT=VALUE: NODE is a node id, title ("Attention Controller"), type (NTP_AttentionController) or
 display name; VALUE is parsed to the input's type (INT, FLOAT, BOOLEAN, STRING, COMBO). In multi-line text
 inputs, \\n starts a new line (several target prompts). Repeat --set for several values.
-exit status: 0 done, 2 bad arguments/workflow/override, 3 rejected by validation, 4 a node failed,
-5 server unreachable (--url).
+exit status: 0 done, 1 unexpected error, 2 bad arguments/workflow/override or ComfyUI not found,
+3 rejected by ComfyUI's validation, 4 a node failed while running, 5 server unreachable (--url).
 """
 
 

@@ -7,7 +7,6 @@ the same checkout reuses it (the tests' conftest may have imported it already).
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shutil
 import sys

@@ -177,8 +177,10 @@ def prompt():
 def test_set_by_title_type_id_and_display_name(prompt):
     apply_sets(prompt, DEFS, ["Sampler.steps=12", "KSampler.cfg=3.5", "#9.sampler_name=euler", "9.denoise=1",
                               "Load Checkpoint.ckpt_name=a.safetensors", "sampler.seed=7"])
-    assert prompt["9"]["inputs"] | {} == {**prompt["9"]["inputs"], "steps": 12, "cfg": 3.5, "sampler_name": "euler",
-                                          "denoise": 1.0, "seed": 7}
+    inputs = prompt["9"]["inputs"]
+    assert (inputs["steps"], inputs["cfg"], inputs["sampler_name"], inputs["denoise"], inputs["seed"]) == \
+        (12, 3.5, "euler", 1.0, 7)
+    assert inputs["model"] == ["5", 0]  # links untouched
     assert prompt["5"]["inputs"]["ckpt_name"] == "a.safetensors"
     assert isinstance(prompt["9"]["inputs"]["steps"], int) and isinstance(prompt["9"]["inputs"]["denoise"], float)
 
