@@ -163,8 +163,10 @@ async def init_nodes(host: Host, pack_root: Path = PACK_ROOT) -> None:
     try:
         await nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False)
         if PACK_NODE_ID not in nodes.NODE_CLASS_MAPPINGS:
-            ok = await nodes.load_custom_node(str(pack_root), ignore=set(nodes.NODE_CLASS_MAPPINGS),
-                                              module_parent="custom_nodes")
+            ok = await _register_imported_pack(nodes, pack_root)
+            if not ok:
+                ok = await nodes.load_custom_node(str(pack_root), ignore=set(nodes.NODE_CLASS_MAPPINGS),
+                                                  module_parent="custom_nodes")
             if not ok or PACK_NODE_ID not in nodes.NODE_CLASS_MAPPINGS:
                 raise HostNotFoundError(f"the nulltext-p2p nodes at {pack_root} failed to load into ComfyUI (see the "
                                         "log above).")
@@ -172,6 +174,40 @@ async def init_nodes(host: Host, pack_root: Path = PACK_ROOT) -> None:
         if hook_breaker is not None:
             hook_breaker.restore_functions()
     _NODES_READY = True
+
+
+async def _register_imported_pack(nodes, pack_root: Path) -> bool:
+    """If this pack is already imported in the process (e.g. as a package by a test session), register that copy's
+    nodes rather than loading a second copy whose classes would differ from the first's. False if not imported."""
+    init_file = (pack_root / "__init__.py").resolve()
+    for module in list(sys.modules.values()):
+        try:
+            if not getattr(module, "__file__", None) or Path(module.__file__).resolve() != init_file:
+                continue
+        except (OSError, TypeError):
+            continue
+        module_name = f"custom_nodes.{pack_root.name}"
+        mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+        if mappings:
+            for name, cls in mappings.items():
+                nodes.NODE_CLASS_MAPPINGS.setdefault(name, cls)
+                cls.RELATIVE_PYTHON_MODULE = module_name
+            nodes.NODE_DISPLAY_NAME_MAPPINGS.update(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {})
+            return True
+        entrypoint = getattr(module, "comfy_entrypoint", None)
+        if entrypoint is None:
+            continue
+        extension = entrypoint()
+        if asyncio.iscoroutine(extension):
+            extension = await extension
+        for cls in await extension.get_node_list():
+            schema = cls.GET_SCHEMA()
+            nodes.NODE_CLASS_MAPPINGS.setdefault(schema.node_id, cls)
+            cls.RELATIVE_PYTHON_MODULE = module_name
+            if schema.display_name is not None:
+                nodes.NODE_DISPLAY_NAME_MAPPINGS[schema.node_id] = schema.display_name
+        return True
+    return False
 
 
 class HostNodeDefinitions(Mapping):

@@ -340,6 +340,16 @@ def host_defs(host):
 
 
 @pytest.mark.host
+def test_the_pack_is_registered_once(host_defs):
+    """The runner registers the pack already imported in this process (as ``nulltext_p2p``), not a second copy."""
+    import nulltext_p2p.nodes
+
+    host, _ = host_defs
+    for cls in nulltext_p2p.nodes.NODES:
+        assert host.nodes.NODE_CLASS_MAPPINGS[cls.GET_SCHEMA().node_id] is cls
+
+
+@pytest.mark.host
 def test_word_swap_converts_with_the_hosts_definitions(host_defs):
     host, definitions = host_defs
     prompt = workflow_to_prompt(json.loads(WORD_SWAP.read_text()), definitions)
