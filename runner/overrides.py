@@ -152,8 +152,13 @@ def set_input(prompt: dict, definitions: Mapping, node_id: str, name: str, raw: 
     if isinstance(current, list) and len(current) == 2 and isinstance(current[0], str):
         src = prompt.get(current[0])
         src_title = (src.get("_meta") or {}).get("title") if src else None
+        hint = ""
+        if src is not None:
+            widgets = [w.name for w in node_inputs(definitions.get(src["class_type"]) or {}) if w.is_widget]
+            if len(widgets) == 1:
+                hint = f', e.g. --set "{src_title or current[0]}.{widgets[0]}=..."'
         raise OverrideError(f"{what}: input {name!r} of node {node_id} {title!r} is connected to node {current[0]}"
-                            f" {src_title!r}; set that node instead.")
+                            f" {src_title!r}; set that node instead{hint}.")
     node["inputs"][name] = coerce_value(spec, raw, what)
 
 

@@ -377,6 +377,10 @@ def test_word_swap_converts_with_the_hosts_definitions(host_defs):
         apply_sets(prompt, definitions, ["Attention Controller.cross_replace=1.5"])
     with pytest.raises(OverrideError, match="has no input 'strength'"):
         apply_sets(prompt, definitions, ["DDIM Invert.strength=1"])
+    with pytest.raises(OverrideError) as e:  # fed by the caption primitive: point at it
+        apply_sets(prompt, definitions, ["Attention Controller.source_prompt=a dog"])
+    assert (f"is connected to node {caption_id} 'Source caption'; set that node instead, e.g. "
+            '--set "Source caption.value=..."') in str(e.value)
 
 
 @pytest.mark.host
