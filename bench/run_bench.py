@@ -114,8 +114,14 @@ def main(argv=None) -> int:
     from runner.host import find_comfyui, setup_host  # noqa: E402
 
     tiny = args.checkpoint is None
+    sys.path.insert(0, str(REPO / "tests"))
+    from torchvision_placeholder import install_torchvision_placeholder
+
+    if install_torchvision_placeholder():
+        print("bench: torchvision unusable here, placeholder installed (SD 1.x never uses it)")
     host = setup_host(find_comfyui(args.comfyui), cpu=args.cpu or tiny)
-    sys.path.remove(str(REPO))
+    if str(REPO) in sys.path:
+        sys.path.remove(str(REPO))
     import_pack()
     import torch
 

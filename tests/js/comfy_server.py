@@ -9,48 +9,12 @@ installs a placeholder module that raises on first real use, then runs ``main.py
 
 from __future__ import annotations
 
-import importlib.machinery
 import os
 import runpy
 import sys
-import types
 
-
-def install_torchvision_placeholder() -> bool:
-    try:
-        import torchvision  # noqa: F401
-
-        return False
-    except Exception:
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            del sys.modules[name]
-    try:  # let transformers record "no torchvision" before the placeholder exists
-        from transformers.utils import import_utils
-
-        import_utils.is_torchvision_available()
-    except Exception:
-        pass
-
-    def missing(modname):
-        def __getattr__(attr):
-            if attr.startswith("__"):
-                raise AttributeError(attr)
-            raise ModuleNotFoundError(f"torchvision is not usable here ({modname}.{attr}); placeholder of the nulltext-p2p tests")
-
-        return __getattr__
-
-    root = types.ModuleType("torchvision")
-    root.__spec__ = importlib.machinery.ModuleSpec("torchvision", None, is_package=True)
-    root.__path__ = []
-    root.__getattr__ = missing("torchvision")
-    sys.modules["torchvision"] = root
-    for sub in ("transforms", "models", "ops", "io", "utils", "datasets"):
-        mod = types.ModuleType(f"torchvision.{sub}")
-        mod.__spec__ = importlib.machinery.ModuleSpec(f"torchvision.{sub}", None)
-        mod.__getattr__ = missing(f"torchvision.{sub}")
-        sys.modules[f"torchvision.{sub}"] = mod
-        setattr(root, sub, mod)
-    return True
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
+from torchvision_placeholder import install_torchvision_placeholder  # noqa: E402
 
 
 def main() -> None:
