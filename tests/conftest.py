@@ -30,7 +30,6 @@ torchvision
 
 from __future__ import annotations
 
-import importlib.machinery
 import os
 import random
 import sys
@@ -39,6 +38,9 @@ import types
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/: shared test helpers
+from torchvision_placeholder import install_torchvision_placeholder  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_NAME = "nulltext_p2p"
@@ -94,47 +96,6 @@ def _host_version(path: Path) -> str:
         return "unknown version"
 
 
-def _install_torchvision_placeholder_if_needed() -> bool:
-    """True if torchvision was unusable and a placeholder was installed."""
-    try:
-        import torchvision  # noqa: F401
-
-        return False
-    except Exception:  # ImportError, or RuntimeError from a CUDA torchvision on a CPU torch
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            del sys.modules[name]
-    try:  # let transformers record "no torchvision" (lru_cached) before the placeholder exists
-        from transformers.utils import import_utils
-
-        import_utils.is_torchvision_available()
-    except Exception:  # pragma: no cover
-        pass
-
-    def missing(modname):
-        def __getattr__(attr):
-            if attr.startswith("__"):
-                raise AttributeError(attr)
-            raise ModuleNotFoundError(
-                f"torchvision is not usable in this environment ({modname}.{attr} requested); "
-                "the nulltext-p2p tests installed a placeholder"
-            )
-
-        return __getattr__
-
-    root = types.ModuleType("torchvision")
-    root.__spec__ = importlib.machinery.ModuleSpec("torchvision", None, is_package=True)
-    root.__path__ = []  # a package, so `import torchvision.transforms` works
-    root.__getattr__ = missing("torchvision")
-    sys.modules["torchvision"] = root
-    for sub in ("transforms", "models", "ops", "io", "utils", "datasets"):
-        mod = types.ModuleType(f"torchvision.{sub}")
-        mod.__spec__ = importlib.machinery.ModuleSpec(f"torchvision.{sub}", None)
-        mod.__getattr__ = missing(f"torchvision.{sub}")
-        sys.modules[f"torchvision.{sub}"] = mod
-        setattr(root, sub, mod)
-    return True
-
-
 HOST_PATH, HOST_MISSING_WHY = _find_host()
 HOST_VERSION = _host_version(HOST_PATH) if HOST_PATH else None
 HOST_SKIP_REASON = (
@@ -157,7 +118,7 @@ if HOST_PATH is not None:
     _host_args.cpu = True
     import utils.install_util  # noqa: E402,F401  (before execution/nodes: see module docstring)
 
-    TORCHVISION_PLACEHOLDER = _install_torchvision_placeholder_if_needed()
+    TORCHVISION_PLACEHOLDER = install_torchvision_placeholder()
 
 
 # --------------------------------------------------------------------------------------------------------------
