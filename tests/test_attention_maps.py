@@ -231,20 +231,9 @@ def test_node_in_graph_previews_the_grid(host, checkpoint_dir, tiny_checkpoint_n
 
     from helpers import make_test_image
 
-    if "CheckpointLoaderSimple" not in nodes.NODE_CLASS_MAPPINGS or "NTP_EditedSample" not in nodes.NODE_CLASS_MAPPINGS:
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-        import nulltext_p2p
+    from nulltext_p2p.runner.host import init_nodes, setup_host
 
-        assert asyncio.run(nodes.load_custom_node(nulltext_p2p.__path__[0]))
-    if "NTP_AttentionMaps" not in nodes.NODE_CLASS_MAPPINGS:  # until nodes/__init__.py lists it
-        # the same copy of the package as the loaded Edited Sample (the host's loader imports the pack anew)
-        import importlib
-
-        edited = nodes.NODE_CLASS_MAPPINGS["NTP_EditedSample"]
-        package = edited.__module__.rsplit(".nodes.", 1)[0]
-        cls = importlib.import_module(f"{package}.nodes.attention_maps").AttentionMaps
-        nodes.NODE_CLASS_MAPPINGS["NTP_AttentionMaps"] = cls
-        cls.RELATIVE_PYTHON_MODULE = getattr(edited, "RELATIVE_PYTHON_MODULE", "custom_nodes.nulltext_p2p")
+    asyncio.run(init_nodes(setup_host(host.path, cpu=True)))  # registers the pack imported here, no second copy
     folder_paths.set_input_directory(str(tmp_path / "input"))
     folder_paths.set_output_directory(str(tmp_path / "output"))
     folder_paths.set_temp_directory(str(tmp_path / "temp"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import mse
+from helpers import encode, image_latent, mse
 from pipeline import build_pipeline
 
 pytestmark = pytest.mark.host
@@ -83,20 +83,40 @@ def test_edit_batch_keeps_reconstruction_row_and_changes_the_edit(pipeline):
     assert torch.equal(naive[0], recon[0]) or float((naive[0] - recon[0]).abs().max()) < 1e-4
 
 
-def test_local_blend_keeps_outside_of_mask(pipeline):
-    model, clip, source, null, inv, value, final = pipeline
-    from nulltext_p2p.nodes.attention_controller import build_edit
+@pytest.fixture(scope="module")
+def blend_setup(tiny_model):
+    """A 32x32 latent (8x8 blend maps; 16x16 gives 4x4 maps, too coarse for a partial mask) inverted with
+    negative-prompt values (no optimisation needed: this checks where the blend acts, not reconstruction)."""
+    from nulltext_p2p.nodes.ddim_invert import run_inversion
+    from nulltext_p2p.nodes.fast_inversion import run_fast_inversion
 
-    control, src_cond, tgt_cond = control_for(clip, TARGET, blend_words="cat, tiger", blend_threshold=0.5)
-    out, stats = edit(pipeline, tgt_cond, control)
+    model, clip, vae = tiny_model
+    source, null = encode(clip, SOURCE), encode(clip, "")
+    inv = run_inversion(model, source, image_latent(model, 32, 32, seed=5), 10)
+    with torch.inference_mode():
+        value, _ = run_fast_inversion(model, source, null, inv, "negative-prompt", 7.5)
+    return model, clip, source, inv, value
+
+
+def test_local_blend_keeps_outside_of_mask(blend_setup):
+    from nulltext_p2p.nodes.attention_controller import build_edit
+    from nulltext_p2p.nodes.edited_sample import run_edit
+
+    model, clip, source, inv, value = blend_setup
+    # random weights give nearly uniform word maps (max-normalised and pooled: 0.8-1.0), so a high threshold is
+    # needed for a partial mask; real models are used at 0.3
+    control, src_cond, tgt_cond = control_for(clip, TARGET, blend_words="cat, tiger", blend_threshold=0.9)
+    with torch.inference_mode():
+        out, stats = run_edit(model, inv, value, source, tgt_cond, control, 7.5, preview=False)
+    assert stats.map_hw == (8, 8)
     edit_obj = build_edit(control, inv.steps)
-    # the mask of the last step: maps summed over all steps (what the sampler used after the last step)
-    mask = edit_obj.blend_mask(stats.cross_maps.unsqueeze(1), (16, 16))[1, 0].bool()
+    # the mask after the last step: the maps summed over all steps, as the sampler used it
+    mask = edit_obj.blend_mask(stats.cross_maps.unsqueeze(1), (32, 32))[1, 0].bool()
     frac = float(mask.float().mean())
     outside = float((out[1] - out[0]).abs()[:, ~mask].max()) if (~mask).any() else 0.0
     inside = float((out[1] - out[0]).abs()[:, mask].max()) if mask.any() else 0.0
     print(f"local blend: mask covers {frac:.2%}; max |edit - source| outside {outside:.2e}, inside {inside:.2e}")
-    assert 0.0 < frac < 1.0
+    assert 0.05 < frac < 0.95
     assert outside < 1e-5
     assert inside > 1e-3
 

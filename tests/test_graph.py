@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -34,11 +33,10 @@ def engine(host, checkpoint_dir, tmp_path_factory):
     import nodes
     from PIL import Image
 
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    import nulltext_p2p
+    from nulltext_p2p.runner.host import init_nodes, setup_host
 
-    pkg_dir = nulltext_p2p.__path__[0]  # the conftest's `nulltext_p2p` symlink to the repo root
-    assert asyncio.run(nodes.load_custom_node(pkg_dir))
+    # load core + extra nodes and register the pack already imported here (no second copy of its classes)
+    asyncio.run(init_nodes(setup_host(host.path, cpu=True)))
     for node_id in ("NTP_DDIMInvert", "NTP_NullTextOptimize", "NTP_AttentionController", "NTP_EditedSample"):
         assert node_id in nodes.NODE_CLASS_MAPPINGS
     io_dir = tmp_path_factory.mktemp("graph_io")
