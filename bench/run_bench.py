@@ -90,7 +90,7 @@ class PeakMemory:
 
 
 def psnr(a, b) -> float:
-    mse = float(((a.double() - b.double()) ** 2).mean())
+    mse = float(((a.detach().double() - b.detach().double()) ** 2).mean())
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
@@ -163,7 +163,10 @@ def main(argv=None) -> int:
 
     comfy_mm = host.model_management
     comfy_mm.load_models_gpu([model])
-    counter = Counter(model.model.diffusion_model)
+    counters = [Counter(model.model.diffusion_model)]
+
+    def snapshot() -> tuple[int, int, int]:
+        return tuple(sum(c.snapshot()[k] for c in counters) for k in range(3))
     mem = PeakMemory(torch)
     rows: list[dict] = []
     state: dict = {}
@@ -175,12 +178,12 @@ def main(argv=None) -> int:
 
     def phase(name: str, fn, z0=None, note: str = ""):
         row = {"phase": name, "note": note}
-        f0, r0, b0 = counter.snapshot()
+        f0, r0, b0 = snapshot()
         with mem.measure(row):
             t0 = time.perf_counter()
             result = fn()
             row["wall_s"] = round(time.perf_counter() - t0, 3)
-        f1, r1, b1 = counter.snapshot()
+        f1, r1, b1 = snapshot()
         row.update(unet_calls=f1 - f0, unet_evals=r1 - r0, backward=b1 - b0)
         rec = result.get("recon") if isinstance(result, dict) else None
         if rec is not None and z0 is not None:
@@ -240,15 +243,17 @@ def main(argv=None) -> int:
                     p.grad = None
 
         r_ref = phase("null-text (authors' reference)", reference, z0, "weight grads, cond recomputed")
-        diff = float((r_ours["value"].embeddings.to(r_ref["embs"].device) - r_ref["embs"]).abs().max())
-        rows[-1]["max_embedding_diff_vs_ours"] = diff
+        delta = r_ours["value"].embeddings.to(r_ref["embs"].device) - r_ref["embs"]
+        rows[-1]["max_embedding_diff_vs_ours"] = float(delta.abs().max())
+        rows[-1]["rms_embedding_diff_vs_ours"] = float(delta.pow(2).mean().sqrt())
+        rows[-1]["recon_diff_vs_ours"] = float((r_ours["recon"].cpu() - r_ref["recon"].cpu()).abs().max())
         rows[-1]["iterations_equal"] = list(r_ours["iterations"]) == list(r_ref["iterations"])
     phase("null-text inner_steps=5", lambda: ours(5), z0, "named option: fewer inner steps")
     phase("null-text epsilon=1e-3", lambda: ours(args.inner, 1e-3), z0, "named option: looser early stop")
     for prec in args.precision:
         dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[prec]
         m_lp = load(dt)[0]
-        Counter(m_lp.model.diffusion_model)
+        counters.append(Counter(m_lp.model.diffusion_model))
         phase(f"null-text, model {prec}", lambda: ours(m=m_lp), z0, "named option: low-precision forward, fp32 embedding")
     for method in ("negative-prompt", "direct-inversion"):
         def fast(method=method):
@@ -292,11 +297,14 @@ def main(argv=None) -> int:
         our_row = next(r for r in rows if r["phase"] == "null-text (ours, default)")
         print(f"\nours vs reference (optimisation phase): {our_row['unet_evals']} vs {ref_row['unet_evals']} UNet evals "
               f"({ref_row['unet_evals'] - our_row['unet_evals']} fewer), wall {our_row['wall_s'] / ref_row['wall_s']:.2f}x, "
-              f"max |embedding diff| {ref_row['max_embedding_diff_vs_ours']:.2e}, same iterations: {ref_row['iterations_equal']}")
+              f"embeddings max |diff| {ref_row['max_embedding_diff_vs_ours']:.2e} (rms {ref_row['rms_embedding_diff_vs_ours']:.2e}), "
+              f"reconstruction max |diff| {ref_row['recon_diff_vs_ours']:.2e}, same iterations: {ref_row['iterations_equal']}")
         report["ours_vs_reference"] = {
             "evals_saved": ref_row["unet_evals"] - our_row["unet_evals"],
             "wall_ratio": our_row["wall_s"] / ref_row["wall_s"],
             "max_embedding_diff": ref_row["max_embedding_diff_vs_ours"],
+            "rms_embedding_diff": ref_row["rms_embedding_diff_vs_ours"],
+            "recon_max_diff": ref_row["recon_diff_vs_ours"],
             "iterations_equal": ref_row["iterations_equal"],
         }
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
