@@ -243,3 +243,9 @@ def checkpoint_dir(host, tiny_checkpoint_path) -> str:
 def tiny_checkpoint_name(checkpoint_dir) -> str:
     """File name of the tiny checkpoint inside ``checkpoint_dir`` (the ``ckpt_name`` a loader node takes)."""
     return TINY_CHECKPOINT_NAME
+
+
+def pytest_collection_finish(session):
+    """pytest may put the repo root (it holds an ``__init__.py``) on sys.path while importing test modules; drop it
+    again before any test runs, or ``import nodes`` inside the host would find this pack's ``nodes/``."""
+    _drop_repo_root_from_sys_path()
