@@ -32,3 +32,16 @@ def image_latent(model, h: int = 16, w: int = 16, seed: int = 0) -> dict:
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a.double() - b.double()) ** 2).mean())
+
+
+class ServerStub:
+    """What PromptExecutor needs from the web server."""
+
+    def __init__(self) -> None:
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.messages: list = []
+
+    def send_sync(self, event, data, sid=None) -> None:
+        self.messages.append((event, data))

@@ -212,24 +212,13 @@ def test_node_errors_name_the_input_and_word(edits):
 # ------------------------------------------------------------------------------------------------------------
 # The node in a graph run by the host's executor (preview image in the UI output)
 # ------------------------------------------------------------------------------------------------------------
-class _ServerStub:
-    def __init__(self) -> None:
-        self.client_id = None
-        self.last_node_id = None
-        self.last_prompt_id = None
-        self.messages: list = []
-
-    def send_sync(self, event, data, sid=None) -> None:
-        self.messages.append((event, data))
-
-
 def test_node_in_graph_previews_the_grid(host, checkpoint_dir, tiny_checkpoint_name, tmp_path):
     import execution
     import folder_paths
     import nodes
     from PIL import Image
 
-    from helpers import make_test_image
+    from helpers import ServerStub, make_test_image
 
     from nulltext_p2p.runner.host import init_nodes, setup_host
 
@@ -261,7 +250,7 @@ def test_node_in_graph_previews_the_grid(host, checkpoint_dir, tiny_checkpoint_n
     }
     valid = asyncio.run(execution.validate_prompt("maps", api, None))
     assert valid[0], f"validation failed: {valid[1]} {valid[3]}"
-    executor = execution.PromptExecutor(_ServerStub())
+    executor = execution.PromptExecutor(ServerStub())
     executor.execute(api, "maps-prompt", {}, valid[2])
     errors = [d for e, d in executor.status_messages if e == "execution_error"]
     assert executor.success, errors

@@ -8,22 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from helpers import make_test_image
+from helpers import ServerStub, make_test_image
 
 pytestmark = pytest.mark.host
-
-
-class ServerStub:
-    """What PromptExecutor needs from the web server."""
-
-    def __init__(self) -> None:
-        self.client_id = None
-        self.last_node_id = None
-        self.last_prompt_id = None
-        self.messages: list = []
-
-    def send_sync(self, event, data, sid=None) -> None:
-        self.messages.append((event, data))
 
 
 @pytest.fixture(scope="module")

@@ -344,7 +344,7 @@ def test_save_load_check_through_the_host_executor(io_nodes, tiny_model, checkpo
     import numpy as np
     from PIL import Image
 
-    from helpers import make_test_image
+    from helpers import ServerStub, make_test_image
     from nulltext_p2p.nodes import NODES
     from nulltext_p2p.nodes.reconstruction_check import ReconstructionCheck
 
@@ -355,17 +355,10 @@ def test_save_load_check_through_the_host_executor(io_nodes, tiny_model, checkpo
     os.makedirs(tmp_path / "input")
     Image.fromarray((make_test_image(64, 64)[0].numpy() * 255).astype(np.uint8)).save(tmp_path / "input" / "photo.png")
 
-    class Server:
-        client_id = last_node_id = last_prompt_id = None
-        messages: list = []
-
-        def send_sync(self, event, data, sid=None):
-            self.messages.append((event, data))
-
     def run(api):
         valid = asyncio.run(execution.validate_prompt("t", api, None))
         assert valid[0], f"{valid[1]} {valid[3]}"
-        ex = execution.PromptExecutor(Server())
+        ex = execution.PromptExecutor(ServerStub())
         ex.execute(api, "p", {}, valid[2])
         assert ex.success, [d for e, d in ex.status_messages if e == "execution_error"]
         return ex
