@@ -137,3 +137,34 @@ def test_early_stop_threshold_stops_after_one_iteration(pipeline):
         loose, _ = run_null_text(model, source, null, inv, 7.5, 10, 1e9)
     assert loose.iterations == [1] * inv.steps
     assert not torch.equal(loose.embeddings[0], null[0][0].float())  # the first update was applied
+
+
+def test_cancel_during_inversion_and_editing(pipeline):
+    """Cancel (the host's interrupt flag) stops our loops; the shared MODEL keeps no patch or wrapper."""
+    import comfy.model_management as mm
+    from nulltext_p2p.nodes.ddim_invert import run_inversion
+    from nulltext_p2p.nodes.edited_sample import run_edit
+
+    model, clip, source, null, inv, value, final = pipeline
+    options_before = repr(model.model_options)
+    for run in (lambda: run_inversion(model, source, image_latent(model), 4),
+                lambda: run_edit(model, inv, value, source, None, None, 7.5, preview=False)):
+        mm.interrupt_current_processing(True)
+        try:
+            with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
+                run()
+        finally:
+            mm.interrupt_current_processing(False)
+        assert repr(model.model_options) == options_before and not model.wrappers
+
+
+def test_out_of_range_numbers_name_the_input(pipeline):
+    from nulltext_p2p.host.errors import NodeInputError
+    from nulltext_p2p.nodes.edited_sample import run_edit
+    from nulltext_p2p.nodes.null_text_optimize import run_null_text
+
+    model, clip, source, null, inv, value, final = pipeline
+    with pytest.raises(NodeInputError, match=r"\[Null-Text Optimize\] input 'guidance'"):
+        run_null_text(model, source, null, inv, -1.0, 10, 1e-5)
+    with pytest.raises(NodeInputError, match=r"\[Edited Sample\] input 'guidance'"):
+        run_edit(model, inv, value, source, None, None, -2.0, preview=False)
