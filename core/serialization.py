@@ -259,7 +259,8 @@ def from_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
     inversion = Inversion(latents=latents, schedule=schedule, source_context=context,
                           model_family=metadata.get("model_family", "SD1.x"),
                           fingerprint=metadata["inversion_fingerprint"],
-                          source_fingerprint=metadata["source_fingerprint"])
+                          source_fingerprint=metadata["source_fingerprint"],
+                          model_fingerprint=metadata.get("model_fingerprint", ""))
     null = NullEmbeddings(embeddings=emb, inversion_fingerprint=metadata["null_inversion_fingerprint"],
                           guidance=guidance, method=metadata["null_method"],
                           iterations=[int(i) for i in iterations.tolist()], losses=[float(v) for v in losses.tolist()],

@@ -35,6 +35,7 @@ class Inversion:
     model_family: str = "SD1.x"
     fingerprint: str = ""
     source_fingerprint: str = ""
+    model_fingerprint: str = ""  # of the checkpoint it was made with ("" = unknown)
 
     def __post_init__(self) -> None:
         if not self.fingerprint:

@@ -13,6 +13,7 @@ from comfy_api.latest import io
 from ..core.ddim import ddim_invert
 from ..core.schedule import DDIMSchedule
 from ..core.values import Inversion
+from ..host.model_fingerprint import model_fingerprint
 from ..host.unet import HostUNet, alphas_cumprod, check_model_family, conditioning_tensor, load_model
 from . import types
 from .common import interrupt_check, single_latent
@@ -46,6 +47,7 @@ def run_inversion(model, source, latent: dict, steps: int, node: str = NODE) -> 
         schedule=schedule,
         source_context=emb.detach().to(offload, torch.float32).clone(),
         model_family=family,
+        model_fingerprint=model_fingerprint(model),
     )
 
 

@@ -23,7 +23,7 @@ from ..host.unet_layers import attention_layers, blend_downsample
 from . import types
 from .attention_controller import build_edit
 from .common import cond_fingerprint
-from .null_text_optimize import check_inversion, check_source_matches
+from .null_text_optimize import check_inversion, check_same_model, check_source_matches
 
 NODE = "Edited Sample"
 
@@ -45,6 +45,7 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
     """Returns the model-space latent batch [reconstruction, edit 1, ...] and attention statistics."""
     check_model_family(model, node)
     check_inversion(inversion, node)
+    check_same_model(model, inversion, node)
     check_null_embeddings(null, inversion, node)
     src = conditioning_tensor(source, node, "source")
     check_source_matches(src, inversion, node)

@@ -15,7 +15,7 @@ from ..host.errors import NodeInputError
 from ..host.unet import HostUNet, check_model_family, conditioning_tensor, load_model
 from . import types
 from .common import interrupt_check
-from .null_text_optimize import check_inversion, check_source_matches
+from .null_text_optimize import check_inversion, check_same_model, check_source_matches
 
 NODE = "Fast Inversion"
 METHODS = ["negative-prompt", "direct-inversion"]
@@ -26,6 +26,7 @@ def run_fast_inversion(model, source, null, inversion: Inversion, method: str, g
     """Per-step values without optimisation; returns them and the reconstruction latent (model space)."""
     check_model_family(model, node)
     check_inversion(inversion, node)
+    check_same_model(model, inversion, node)
     cond = conditioning_tensor(source, node, "source")
     check_source_matches(cond, inversion, node)
     if method not in METHODS:

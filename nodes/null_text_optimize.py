@@ -11,6 +11,7 @@ from comfy_api.latest import io
 from ..core.null_text import NullTextSettings, optimize_null_embeddings
 from ..core.values import Inversion, NullEmbeddings
 from ..host.errors import NodeInputError
+from ..host.model_fingerprint import model_fingerprint
 from ..host.unet import HostUNet, check_model_family, conditioning_tensor, grad_capable_weights, load_model
 from . import types
 from .common import cond_fingerprint, interrupt_check
@@ -25,6 +26,13 @@ def check_inversion(inversion, node: str, input_name: str = "inversion") -> Inve
     return inversion
 
 
+def check_same_model(model, inversion: Inversion, node: str) -> None:
+    """The inversion must come from this checkpoint (LoRA and other weight patches may differ)."""
+    if inversion.model_fingerprint and inversion.model_fingerprint != model_fingerprint(model):
+        raise NodeInputError(node, "model", "this is not the checkpoint the inversion was made with.",
+                             "connect the same Load Checkpoint output that fed DDIM Invert (or invert again with this model).")
+
+
 def check_source_matches(emb: torch.Tensor, inversion: Inversion, node: str, input_name: str = "source") -> None:
     if cond_fingerprint(emb) != inversion.source_fingerprint:
         raise NodeInputError(node, input_name, "this source prompt is not the one DDIM Invert used.",
@@ -36,6 +44,7 @@ def run_null_text(model, source, null, inversion: Inversion, guidance: float, in
     """Optimise the per-step null embeddings; returns them and the reconstruction latent (model space)."""
     check_model_family(model, node)
     check_inversion(inversion, node)
+    check_same_model(model, inversion, node)
     cond = conditioning_tensor(source, node, "source")
     null_emb = conditioning_tensor(null, node, "null")
     check_source_matches(cond, inversion, node)

@@ -168,3 +168,17 @@ def test_out_of_range_numbers_name_the_input(pipeline):
         run_null_text(model, source, null, inv, -1.0, 10, 1e-5)
     with pytest.raises(NodeInputError, match=r"\[Edited Sample\] input 'guidance'"):
         run_edit(model, inv, value, source, None, None, -2.0, preview=False)
+
+
+def test_inversion_from_another_checkpoint_is_refused(pipeline):
+    import dataclasses
+
+    from nulltext_p2p.host.errors import NodeInputError
+    from nulltext_p2p.host.model_fingerprint import model_fingerprint
+    from nulltext_p2p.nodes.edited_sample import run_edit
+
+    model, clip, source, null, inv, value, final = pipeline
+    assert inv.model_fingerprint == model_fingerprint(model)
+    foreign = dataclasses.replace(inv, model_fingerprint="0123456789abcdef")  # as made by another checkpoint
+    with torch.inference_mode(), pytest.raises(NodeInputError, match=r"\[Edited Sample\] input 'model'.*checkpoint"):
+        run_edit(model, foreign, value, source, None, None, 7.5, preview=False)
