@@ -38,6 +38,9 @@ def test_latent_batch_and_steps_are_checked(pipeline):
     two = {"samples": torch.cat([image_latent(model)["samples"]] * 2)}
     with pytest.raises(NodeInputError, match=r"\[DDIM Invert\] input 'latent'.*2 images.*Fix:"):
         run_inversion(model, source, two, 4)
+    sd3_latent = {"samples": torch.zeros(1, 16, 16, 16)}  # a LATENT from a 16-channel VAE (SD3/Flux)
+    with pytest.raises(NodeInputError, match=r"\[DDIM Invert\] input 'latent'.*16 channels.*Fix:"):
+        run_inversion(model, source, sd3_latent, 4)
     with pytest.raises(ValueError, match=r"\[DDIM Invert\] input 'steps'.*0"):
         run_inversion(model, source, image_latent(model), 0)
 
@@ -182,3 +185,31 @@ def test_inversion_from_another_checkpoint_is_refused(pipeline):
     foreign = dataclasses.replace(inv, model_fingerprint="0123456789abcdef")  # as made by another checkpoint
     with torch.inference_mode(), pytest.raises(NodeInputError, match=r"\[Edited Sample\] input 'model'.*checkpoint"):
         run_edit(model, foreign, value, source, None, None, 7.5, preview=False)
+
+
+def test_out_of_memory_during_optimisation_leaves_the_model_unchanged(pipeline):
+    """An error deep in the UNet (here a simulated out-of-memory on the 3rd call) propagates; the shared weights
+    are the very same objects afterwards, with their requires_grad flags, and no gradient was left on them."""
+    import comfy.patcher_extension
+    from nulltext_p2p.nodes.null_text_optimize import run_null_text
+
+    model, clip, source, null, inv, value, final = pipeline
+    calls = {"n": 0}
+
+    def fail_on_third(executor, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return executor(*args, **kwargs)
+
+    flaky = model.clone()
+    flaky.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_oom", fail_on_third)
+    params = dict(model.model.named_parameters())
+    flags = {n: p.requires_grad for n, p in params.items()}
+    with torch.inference_mode(), pytest.raises(torch.OutOfMemoryError):
+        run_null_text(flaky, source, null, inv, 7.5, 10, 1e-5)
+    assert calls["n"] == 3
+    after = dict(model.model.named_parameters())
+    assert all(after[n] is p for n, p in params.items())
+    assert {n: p.requires_grad for n, p in after.items()} == flags and all(p.grad is None for p in after.values())
+    assert not model.wrappers

@@ -89,3 +89,31 @@ def test_bad_input_fails_with_node_named_message(engine, tiny_checkpoint_name):
     assert not executor.success and errors
     msg = errors[0]["exception_message"]
     assert "Attention Controller" in msg and "target_prompts" in msg and "refine" in msg
+
+
+def test_second_edit_reuses_the_inversion_and_nothing_stale(engine, tiny_checkpoint_name):
+    """Invert once, edit many: a new target re-runs only the controller and the edit, with fresh results."""
+    from PIL import Image
+
+    execution, io_dir = engine
+    executor = execution.PromptExecutor(ServerStub())
+
+    def run_on(target: str):
+        api = prompt(tiny_checkpoint_name, target=target)
+        api["8"]["inputs"]["reweight"] = ""
+        api["8"]["inputs"]["blend_words"] = ""
+        valid = asyncio.run(execution.validate_prompt("t", api, None))
+        assert valid[0], valid[1]
+        executor.execute(api, f"p-{target}", {}, valid[2])
+        assert executor.success
+        cached = next(d["nodes"] for e, d in executor.status_messages if e == "execution_cached")
+        images = [np.asarray(Image.open(io_dir / "output" / i.get("subfolder", "") / i["filename"])).astype(np.int16)
+                  for i in executor.history_result["outputs"]["11"]["images"]]
+        return cached, images
+
+    _, first = run_on("a tiger sitting on a table")
+    cached, second = run_on("a dog sitting on a table")
+    assert {"6", "7"} <= set(cached)  # inversion and null-text optimisation were not run again
+    assert "8" not in cached and "9" not in cached
+    assert np.abs(first[0] - second[0]).max() <= 1  # the same reconstruction (PNG rounding)
+    assert np.abs(first[1] - second[1]).max() > 10  # a new edit, not a stale one
