@@ -226,8 +226,8 @@ def compatibility_warnings(model, loaded: LoadedInversion) -> list[str]:
     fp, cfg = model_fingerprint(model), model_config_name(model)
     if saved_fp and saved_fp != fp:
         warnings.append(f"the file was made with another model ({saved_cfg}, fingerprint {saved_fp}; this MODEL is "
-                        f"{cfg}, fingerprint {fp}). Editing will work but the reconstruction will not match the "
-                        "photo: connect the checkpoint the inversion was made with, or invert again.")
+                        f"{cfg}, fingerprint {fp}). Null-Text Optimize and Edited Sample will refuse it: connect the "
+                        "checkpoint the inversion was made with, or invert again with this one.")
     ctx_dim = _model_context_dim(model)
     dim = int(loaded.inversion.source_context.shape[-1])
     if ctx_dim is not None and int(ctx_dim) != dim:
