@@ -213,3 +213,22 @@ def test_out_of_memory_during_optimisation_leaves_the_model_unchanged(pipeline):
     assert all(after[n] is p for n, p in params.items())
     assert {n: p.requires_grad for n, p in after.items()} == flags and all(p.grad is None for p in after.values())
     assert not model.wrappers
+
+
+def test_prompts_over_77_tokens_without_attention_control(pipeline, tiny_model):
+    """The host encodes a long caption as 154 tokens; inversion, null-text and a reconstruction still work (the 77-token
+    null embedding is repeated to the caption's length, which leaves attention unchanged)."""
+    from nulltext_p2p.nodes.ddim_invert import run_inversion
+    from nulltext_p2p.nodes.edited_sample import run_edit
+    from nulltext_p2p.nodes.null_text_optimize import run_null_text
+
+    model, clip, source, null, inv, value, final = pipeline
+    long_source = encode(clip, " ".join(["a small grey cat sitting on a wooden table"] * 10))
+    assert long_source[0][0].shape[1] == 154
+    inv_long = run_inversion(model, long_source, image_latent(model), 3)
+    with torch.inference_mode():
+        nt, nt_final = run_null_text(model, long_source, null, inv_long, 7.5, 2, 1e-5)
+        out, _ = run_edit(model, inv_long, nt, long_source, None, None, 7.5, preview=False)
+    assert torch.isfinite(out).all()
+    rel = float(((out - nt_final) ** 2).mean() / (nt_final ** 2).mean())
+    assert rel < 1e-8, rel  # the host sampler with the wrapper reproduces the optimiser's reconstruction

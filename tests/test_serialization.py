@@ -443,3 +443,24 @@ def test_direct_inversion_offsets_round_trip():
     null.latent_offsets = None
     tensors, meta = to_state(inv, null)
     assert "null.latent_offsets" not in tensors and from_state(tensors, meta).null.latent_offsets is None
+
+
+def test_huge_size_claims_are_refused_without_allocating(io_nodes, out_dir):
+    """A header that claims a 4 TB tensor (valid format metadata, 8 data bytes) is refused with a clear message."""
+    import struct
+
+    from nulltext_p2p.core import serialization
+    from nulltext_p2p.host.errors import NodeInputError
+
+    header = {
+        "__metadata__": {"format": serialization.FORMAT, "format_version": str(serialization.FORMAT_VERSION)},
+        "inversion.latents": {"dtype": "F32", "shape": [1000000, 1000000], "data_offsets": [0, 4 * 10 ** 12]},
+    }
+    raw = json.dumps(header).encode()
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "huge.safetensors")
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw + b"\0" * 8)
+    with pytest.raises(NodeInputError) as e:
+        io_nodes.read_inversion_file(path)
+    assert "input 'inversion_file'" in str(e.value) and "huge.safetensors" in str(e.value) and "Fix:" in str(e.value)
