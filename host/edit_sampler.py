@@ -56,10 +56,6 @@ class NullEmbeddingWrapper:
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
 
-def schedule_sigmas(schedule: DDIMSchedule) -> torch.Tensor:
-    return schedule.sigmas()
-
-
 def ddim_sampler(
     after_step: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
 ) -> comfy.samplers.KSAMPLER:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,4 @@ def blend_downsample(layers: list[AttentionLayer], preferred: int = 4) -> int:
     available = sorted({l.downsample for l in layers if l.has_cross})
     if not available:
         raise ValueError("the model has no cross-attention layers")
-    import math
-
     return min(available, key=lambda d: (abs(math.log2(d) - math.log2(preferred)), d))

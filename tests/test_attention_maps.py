@@ -215,7 +215,6 @@ def test_node_errors_name_the_input_and_word(edits):
 def test_node_in_graph_previews_the_grid(host, checkpoint_dir, tiny_checkpoint_name, tmp_path):
     import execution
     import folder_paths
-    import nodes
     from PIL import Image
 
     from helpers import ServerStub, make_test_image
