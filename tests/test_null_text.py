@@ -84,7 +84,6 @@ def test_first_null_text_step_matches_float64_reference(optimised):
 
 
 def test_input_model_unchanged_by_optimisation(optimised, tiny_model):
-
     model, clip, source, null, inv, value, final = optimised
     # no inference tensor was swapped out for good, no patch or wrapper was left on the shared patcher
     params = list(model.model.diffusion_model.parameters())
