@@ -97,6 +97,8 @@ def test_controller_words_and_counts(pipeline):
     assert "input 'target_prompts'" in str(e.value) and "refine" in str(e.value)
     with pytest.raises(NodeInputError, match="input 'target_prompts'"):
         control("   ")
+    with pytest.raises(NodeInputError, match="input 'source_prompt'.*empty"):
+        build_control(clip, "  ", "a tiger", "refine", 0.8, 0.5, "", "", "", 0.3, 0.2)
     with pytest.raises(NodeInputError, match="input 'reweight'"):
         control("a tiger sitting on a table", reweight="tiger:2:3")
     with pytest.raises(NodeInputError, match="input 'source_prompt'.*75 tokens"):
