@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from comfy_api.latest import io
@@ -67,17 +69,22 @@ def build_control(clip, source_prompt: str, target_prompts: str, mode: str, cros
     control = AttentionControl(source=source, targets=targets, mode=mode, cross_replace=cross_replace,
                                word_windows=windows, self_replace=self_replace, reweight=weights, blend_words=blend,
                                blend_start=blend_start, blend_threshold=blend_threshold)
-    try:  # validate words, counts and windows now with the reference step count
-        build_edit(control, 50)
-    except PromptError as e:
-        msg = str(e)
-        field = ("reweight" if "reweight" in msg.lower() else "blend_words" if "blend" in msg.lower()
-                 else "word_windows" if "window" in msg.lower() else "target_prompts")
-        fixes = {"target_prompts": "for word swaps keep the same number of words, or choose mode 'refine'.",
-                 "reweight": "reweight words that appear in the target prompt.",
-                 "blend_words": "choose blend words that appear in the source or target prompt.",
-                 "word_windows": "use windows within 0..1 with start <= end."}
-        raise fail(field, e, fixes[field]) from e
+    # Validate now (errors show on this node), one input at a time so the error names the input that is wrong.
+    fixes = {"target_prompts": "for word swaps keep the same number of words, or choose mode 'refine'.",
+             "word_windows": "use words of the target prompts and windows within 0..1 with start <= end.",
+             "reweight": "reweight words that appear in the target prompt(s).",
+             "blend_words": "choose blend words that appear in the source or target prompt(s)."}
+    checks = [("target_prompts", {}), ("word_windows", {"word_windows": windows}), ("reweight", {"reweight": weights}),
+              ("blend_words", {"blend_words": blend}), ("blend_threshold", {})]
+    for field, only in checks:
+        part = dataclasses.replace(control, word_windows=only.get("word_windows", {}), reweight=only.get("reweight", []),
+                                   blend_words=only.get("blend_words", []))
+        if field == "blend_threshold":
+            part = control  # everything together (threshold/start ranges, combinations)
+        try:
+            build_edit(part, 50)
+        except PromptError as e:
+            raise fail(field, e, fixes.get(field, "check the local blend settings.")) from e
     source_cond = encode(clip, source_prompt)
     target_cond = stack_conditioning([encode(clip, line) for line in lines])
     control.source_fingerprint = cond_fingerprint(source_cond[0][0])
