@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 import comfy.model_management
+import comfy.utils
 
-from ..core.values import tensor_fingerprint
+from ..core.values import Inversion, tensor_fingerprint
 from ..host.errors import NodeInputError
+from ..host.model_fingerprint import model_fingerprint
+from ..host.unet import check_model_family, conditioning_tensor
 
 
 def single_latent(latent: dict, node: str, input_name: str = "latent") -> torch.Tensor:
@@ -30,3 +35,50 @@ def cond_fingerprint(emb: torch.Tensor) -> str:
 
 def interrupt_check() -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def step_progress(total: int) -> Callable[[int], None]:
+    """A per-step callback: advance a host progress bar of ``total`` steps and honour Cancel."""
+    pbar = comfy.utils.ProgressBar(total)
+
+    def on_step(_i: int) -> None:
+        pbar.update(1)
+        interrupt_check()
+
+    return on_step
+
+
+def check_guidance(guidance: float, node: str, fix: str) -> None:
+    if guidance < 0:
+        raise NodeInputError(node, "guidance", f"{guidance} is negative.", fix)
+
+
+def check_inversion(inversion, node: str, input_name: str = "inversion") -> Inversion:
+    if not isinstance(inversion, Inversion):
+        raise NodeInputError(node, input_name, f"expected an inversion, got {type(inversion).__name__}.",
+                             "connect the 'inversion' output of DDIM Invert.")
+    return inversion
+
+
+def check_same_model(model, inversion: Inversion, node: str) -> None:
+    """The inversion must come from this checkpoint (LoRA and other weight patches may differ)."""
+    if inversion.model_fingerprint and inversion.model_fingerprint != model_fingerprint(model):
+        raise NodeInputError(node, "model", "this is not the checkpoint the inversion was made with.",
+                             "connect the same Load Checkpoint output that fed DDIM Invert (or invert again with this model).")
+
+
+def check_source_matches(emb: torch.Tensor, inversion: Inversion, node: str, input_name: str = "source") -> None:
+    if cond_fingerprint(emb) != inversion.source_fingerprint:
+        raise NodeInputError(node, input_name, "this source prompt is not the one DDIM Invert used.",
+                             "connect the same source CONDITIONING (same text, same CLIP) to DDIM Invert and this node.")
+
+
+def checked_source(model, inversion, source, node: str) -> torch.Tensor:
+    """The checks every node that continues an inversion makes (model family, inversion, same checkpoint, same
+    source prompt); returns the source embedding."""
+    check_model_family(model, node)
+    check_inversion(inversion, node)
+    check_same_model(model, inversion, node)
+    emb = conditioning_tensor(source, node, "source")
+    check_source_matches(emb, inversion, node)
+    return emb

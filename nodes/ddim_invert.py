@@ -7,7 +7,6 @@ import math
 import torch
 
 import comfy.model_management
-import comfy.utils
 from comfy_api.latest import io
 
 from ..core.ddim import ddim_invert
@@ -16,7 +15,7 @@ from ..core.values import Inversion
 from ..host.model_fingerprint import model_fingerprint
 from ..host.unet import HostUNet, alphas_cumprod, check_model_family, conditioning_tensor, load_model
 from . import types
-from .common import interrupt_check, single_latent
+from .common import interrupt_check, single_latent, step_progress
 
 NODE = "DDIM Invert"
 
@@ -32,12 +31,7 @@ def run_inversion(model, source, latent: dict, steps: int, node: str = NODE) -> 
     schedule = DDIMSchedule.from_alphas_cumprod(alphas_cumprod(model), steps)
     unet = HostUNet(model, sample_sigmas=schedule.sigmas())
     z0 = model.model.process_latent_in(samples.to(unet.device, torch.float32))
-    pbar = comfy.utils.ProgressBar(steps)
-
-    def on_step(_j: int) -> None:
-        pbar.update(1)
-        interrupt_check()
-
+    on_step = step_progress(steps)
     interrupt_check()
     with torch.no_grad():
         trajectory = ddim_invert(lambda x, t, c: unet.eps(x, t, c, 0), schedule, z0, emb, on_step)

@@ -18,12 +18,11 @@ from ..core.values import AttentionControl, EditResult, Inversion, NullEmbedding
 from ..host.attention_patch import P2PAttentionPatch
 from ..host.edit_sampler import WRAPPER_KEY, NullEmbeddingWrapper, ddim_sampler, sample_from_inversion
 from ..host.errors import NodeInputError
-from ..host.unet import check_model_family, conditioning_tensor, load_model
+from ..host.unet import load_model
 from ..host.unet_layers import attention_layers, blend_downsample
 from . import types
 from .attention_controller import build_edit
-from .common import cond_fingerprint
-from .null_text_optimize import check_inversion, check_same_model, check_source_matches
+from .common import check_guidance, checked_source, cond_fingerprint
 
 NODE = "Edited Sample"
 
@@ -43,14 +42,9 @@ def check_null_embeddings(null: NullEmbeddings, inversion: Inversion, node: str)
 def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, control: Optional[AttentionControl],
              guidance: float, node: str = NODE, preview: bool = True) -> tuple[torch.Tensor, EditResult]:
     """Returns the model-space latent batch [reconstruction, edit 1, ...] and attention statistics."""
-    check_model_family(model, node)
-    check_inversion(inversion, node)
-    check_same_model(model, inversion, node)
+    src = checked_source(model, inversion, source, node)
     check_null_embeddings(null, inversion, node)
-    src = conditioning_tensor(source, node, "source")
-    check_source_matches(src, inversion, node)
-    if guidance < 0:
-        raise NodeInputError(node, "guidance", f"{guidance} is negative.", "use the guidance of Null-Text Optimize (7.5).")
+    check_guidance(guidance, node, "use the guidance of Null-Text Optimize (7.5).")
     if not math.isclose(guidance, null.guidance, rel_tol=1e-6):
         logging.warning("[%s] guidance %.3g differs from the %.3g the null embeddings were optimised for: the "
                         "reconstruction will not match the photo.", node, guidance, null.guidance)

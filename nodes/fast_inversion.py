@@ -5,17 +5,15 @@ from __future__ import annotations
 import torch
 
 import comfy.model_management
-import comfy.utils
 from comfy_api.latest import io
 
 from ..core.ddim import ddim_sample
 from ..core.fast_inversion import direct_inversion_offsets, negative_prompt_embeddings
 from ..core.values import Inversion, NullEmbeddings
 from ..host.errors import NodeInputError
-from ..host.unet import HostUNet, check_model_family, conditioning_tensor, load_model
+from ..host.unet import HostUNet, conditioning_tensor, load_model
 from . import types
-from .common import interrupt_check
-from .null_text_optimize import check_inversion, check_same_model, check_source_matches
+from .common import check_guidance, checked_source, step_progress
 
 NODE = "Fast Inversion"
 METHODS = ["negative-prompt", "direct-inversion"]
@@ -24,24 +22,14 @@ METHODS = ["negative-prompt", "direct-inversion"]
 def run_fast_inversion(model, source, null, inversion: Inversion, method: str, guidance: float,
                        node: str = NODE) -> tuple[NullEmbeddings, torch.Tensor]:
     """Per-step values without optimisation; returns them and the reconstruction latent (model space)."""
-    check_model_family(model, node)
-    check_inversion(inversion, node)
-    check_same_model(model, inversion, node)
-    cond = conditioning_tensor(source, node, "source")
-    check_source_matches(cond, inversion, node)
+    cond = checked_source(model, inversion, source, node)
     if method not in METHODS:
         raise NodeInputError(node, "method", f"unknown method '{method}'.", f"choose one of {METHODS}.")
-    if guidance < 0:
-        raise NodeInputError(node, "guidance", f"{guidance} is negative.", "use the guidance you will edit with (7.5).")
+    check_guidance(guidance, node, "use the guidance you will edit with (7.5).")
     load_model(model)
     schedule = inversion.schedule
     unet = HostUNet(model, sample_sigmas=schedule.sigmas())
-    pbar = comfy.utils.ProgressBar(schedule.steps)
-
-    def on_step(_i: int) -> None:
-        pbar.update(1)
-        interrupt_check()
-
+    on_step = step_progress(schedule.steps)
     offload = comfy.model_management.intermediate_device()
     trajectory = inversion.latents.to(unet.device)
     with torch.no_grad():

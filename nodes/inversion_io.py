@@ -27,9 +27,8 @@ from ..core.values import Inversion, NullEmbeddings
 from ..host.errors import NodeInputError
 from ..host.model_fingerprint import model_config_name, model_fingerprint
 from . import types
-from .common import interrupt_check
+from .common import check_inversion, interrupt_check
 from .edited_sample import check_null_embeddings
-from .null_text_optimize import check_inversion
 
 SAVE_NODE = "Save Inversion"
 LOAD_NODE = "Load Inversion"

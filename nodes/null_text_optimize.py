@@ -11,45 +11,19 @@ from comfy_api.latest import io
 from ..core.null_text import NullTextSettings, optimize_null_embeddings
 from ..core.values import Inversion, NullEmbeddings
 from ..host.errors import NodeInputError
-from ..host.model_fingerprint import model_fingerprint
-from ..host.unet import HostUNet, check_model_family, conditioning_tensor, grad_capable_weights, load_model
+from ..host.unet import HostUNet, conditioning_tensor, grad_capable_weights, load_model
 from . import types
-from .common import cond_fingerprint, interrupt_check
+from .common import check_guidance, checked_source, interrupt_check
 
 NODE = "Null-Text Optimize"
-
-
-def check_inversion(inversion, node: str, input_name: str = "inversion") -> Inversion:
-    if not isinstance(inversion, Inversion):
-        raise NodeInputError(node, input_name, f"expected an inversion, got {type(inversion).__name__}.",
-                             "connect the 'inversion' output of DDIM Invert.")
-    return inversion
-
-
-def check_same_model(model, inversion: Inversion, node: str) -> None:
-    """The inversion must come from this checkpoint (LoRA and other weight patches may differ)."""
-    if inversion.model_fingerprint and inversion.model_fingerprint != model_fingerprint(model):
-        raise NodeInputError(node, "model", "this is not the checkpoint the inversion was made with.",
-                             "connect the same Load Checkpoint output that fed DDIM Invert (or invert again with this model).")
-
-
-def check_source_matches(emb: torch.Tensor, inversion: Inversion, node: str, input_name: str = "source") -> None:
-    if cond_fingerprint(emb) != inversion.source_fingerprint:
-        raise NodeInputError(node, input_name, "this source prompt is not the one DDIM Invert used.",
-                             "connect the same source CONDITIONING (same text, same CLIP) to DDIM Invert and this node.")
 
 
 def run_null_text(model, source, null, inversion: Inversion, guidance: float, inner_steps: int, epsilon: float,
                   node: str = NODE) -> tuple[NullEmbeddings, torch.Tensor]:
     """Optimise the per-step null embeddings; returns them and the reconstruction latent (model space)."""
-    check_model_family(model, node)
-    check_inversion(inversion, node)
-    check_same_model(model, inversion, node)
-    cond = conditioning_tensor(source, node, "source")
+    cond = checked_source(model, inversion, source, node)
     null_emb = conditioning_tensor(null, node, "null")
-    check_source_matches(cond, inversion, node)
-    if guidance < 0:
-        raise NodeInputError(node, "guidance", f"{guidance} is negative.", "use the guidance you will edit with (7.5 in the paper).")
+    check_guidance(guidance, node, "use the guidance you will edit with (7.5 in the paper).")
     if inner_steps < 0:
         raise NodeInputError(node, "inner_steps", f"{inner_steps} is negative.", "use 10 (the paper) or fewer for speed.")
     load_model(model)
