@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from typing import Optional
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,37 +57,114 @@ class Counter:
 
 
 class PeakMemory:
-    """Peak process RSS (sampled every 5 ms) and GPU allocator peak during a block."""
+    """Peak process RSS and GPU allocator peak during a block.
+
+    On Linux the kernel's own high-water mark is reset before the block (``/proc/self/clear_refs``) and read after
+    it, so nothing runs alongside the timed code. Elsewhere a thread samples RSS every 50 ms (it competes for the
+    cores, so timings taken that way read a little high).
+    """
 
     def __init__(self, torch) -> None:
         self.torch = torch
 
+    @staticmethod
+    def _hwm_bytes() -> Optional[int]:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
+
+    @staticmethod
+    def _reset_hwm() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
     @contextmanager
     def measure(self, out: dict):
-        import psutil
-
-        proc = psutil.Process()
-        peak = [proc.memory_info().rss]
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                peak[0] = max(peak[0], proc.memory_info().rss)
-                stop.wait(0.005)
-
         cuda = self.torch.cuda.is_available()
         if cuda:
             self.torch.cuda.reset_peak_memory_stats()
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
+        kernel = self._hwm_bytes() is not None and self._reset_hwm()
+        stop = threading.Event()
+        peak = [0]
+        thread = None
+        if not kernel:
+            import psutil
+
+            proc = psutil.Process()
+            peak[0] = proc.memory_info().rss
+
+            def sample() -> None:
+                while not stop.is_set():
+                    peak[0] = max(peak[0], proc.memory_info().rss)
+                    stop.wait(0.05)
+
+            thread = threading.Thread(target=sample, daemon=True)
+            thread.start()
         try:
             yield
         finally:
-            stop.set()
-            thread.join()
+            if thread is not None:
+                stop.set()
+                thread.join()
+            else:
+                peak[0] = self._hwm_bytes() or 0
             out["peak_rss_mib"] = round(peak[0] / 2 ** 20, 1)
             if cuda:
                 out["peak_gpu_mib"] = round(self.torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+
+
+def warm_up(model, source, null, latent, guidance: float) -> None:
+    """One untimed pass of every kind of work, so no timed phase pays first-call costs (allocator pools, kernel
+    selection): a 2-step inversion, null-text for 2 steps x 2 iterations, and a forward+backward with weight
+    gradients as the reference runs it."""
+    import torch
+    from nulltext_p2p.nodes.ddim_invert import run_inversion
+    from nulltext_p2p.nodes.null_text_optimize import run_null_text
+
+    with torch.inference_mode():
+        inv = run_inversion(model, source, latent, 2)
+        run_null_text(model, source, null, inv, guidance, 2, 0.0)
+    diffusion = model.model.diffusion_model
+    flags = [(p, p.requires_grad) for p in diffusion.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(True)
+        x = inv.latents[-1].to(model.load_device).clone()
+        t = torch.full((1,), 500.0, device=x.device)
+        diffusion(x, timesteps=t, context=source[0][0].to(x.device).clone()).float().pow(2).mean().backward()
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+            p.grad = None
+    print("bench: warm-up done (untimed)", flush=True)
+
+
+def time_pairs(rows: list, fns: dict, repeat: int) -> None:
+    """Run each of ``fns`` (phase name -> callable) ``repeat - 1`` more times, alternating which goes first, and
+    set its row's ``wall_s`` to the median of all its runs (``wall_runs`` keeps them)."""
+    import statistics
+
+    by_name = {r["phase"]: r for r in rows}
+    runs = {name: [by_name[name]["wall_s"]] for name in fns}
+    names = list(fns)
+    for k in range(1, repeat):
+        for name in (names[::-1] if k % 2 else names):
+            t0 = time.perf_counter()
+            fns[name]()
+            runs[name].append(round(time.perf_counter() - t0, 3))
+            print(f"  {name:<34} {runs[name][-1]:8.2f} s  (repeat {k + 1}/{repeat})", flush=True)
+    for name, walls in runs.items():
+        by_name[name]["wall_runs"] = walls
+        by_name[name]["wall_s"] = round(statistics.median(walls), 3)
 
 
 def psnr(a, b) -> float:
@@ -105,6 +183,9 @@ def main(argv=None) -> int:
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--cpu", action="store_true", help="force the CPU")
     ap.add_argument("--skip-reference", action="store_true", help="do not run the reference baseline")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="time ours and the reference this many times each, in alternating order, and report the "
+                         "median (CPU timings vary by ~10%% from run to run)")
     ap.add_argument("--precision", action="append", default=[], choices=["fp16", "bf16"],
                     help="also run null-text with the model in this dtype (embedding stays fp32)")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
@@ -197,6 +278,7 @@ def main(argv=None) -> int:
 
     print(f"bench: {steps} steps, {size}px, inner {args.inner}, guidance {args.guidance}, "
           f"device {comfy_mm.get_torch_device()}, checkpoint {'tiny' if tiny else ckpt}", flush=True)
+    warm_up(model, source, null, latent, args.guidance)
     inv = phase("ddim inversion", lambda: {"inv": run_inversion(model, source, latent, steps)})["inv"]
     z0 = inv.latents[0]
     unet = HostUNet(model)
@@ -248,6 +330,9 @@ def main(argv=None) -> int:
         rows[-1]["rms_embedding_diff_vs_ours"] = float(delta.pow(2).mean().sqrt())
         rows[-1]["recon_diff_vs_ours"] = float((r_ours["recon"].cpu() - r_ref["recon"].cpu()).abs().max())
         rows[-1]["iterations_equal"] = list(r_ours["iterations"]) == list(r_ref["iterations"])
+        if args.repeat > 1:
+            time_pairs(rows, {"null-text (ours, default)": ours, "null-text (authors' reference)": reference},
+                       args.repeat)
     phase("null-text inner_steps=5", lambda: ours(5), z0, "named option: fewer inner steps")
     phase("null-text epsilon=1e-3", lambda: ours(args.inner, 1e-3), z0, "named option: looser early stop")
     for prec in args.precision:

@@ -9,11 +9,11 @@ Tensors (all stored on the CPU, little-endian, exactly as held by the values):
 key                             shape                            dtype    what
 ==============================  ===============================  =======  ==========================================
 ``inversion.latents``           [steps + 1, 1, C, H, W]          float32  the pivot trajectory z_0 ... z_T
-``inversion.source_context``    [1, tokens, dim]                 float32  the source prompt's embedding
+``inversion.source_context``    [1, tokens, dim]                 float32  the source prompt's embedding (SDXL: packed, +1 row)
 ``schedule.timesteps``          [steps]                          int64    sampling-order timesteps
 ``schedule.alphas_cumprod``     [steps]                          float64  their alpha-bars
 ``schedule.final_alpha``        [1]                              float64  where the last step lands
-``null.embeddings``             [steps, 1, tokens, dim]          float32  per-step null embeddings
+``null.embeddings``             [steps, 1, tokens, dim]          float32  per-step null embeddings (SDXL: packed, +1 row)
 ``null.iterations``             [n] (n = steps, or 0)            int64    inner iterations per step
 ``null.losses``                 [n]                              float64  last loss per step
 ``null.latent_offsets``         [steps, 1, C, H, W] (optional)   float32  Direct Inversion's per-step offsets

@@ -19,25 +19,32 @@ import comfy.sample
 import comfy.samplers
 
 from ..core.schedule import DDIMSchedule
+from .text_condition import unpack
 
 WRAPPER_KEY = "nulltext_p2p_null_embeddings"
 
 
 class NullEmbeddingWrapper:
-    """APPLY_MODEL wrapper: unconditional rows get ``embeddings[step]``."""
+    """APPLY_MODEL wrapper: unconditional rows get ``embeddings[step]``.
 
-    def __init__(self, embeddings: torch.Tensor, schedule: DDIMSchedule) -> None:
-        self.embeddings = embeddings  # [steps, 1, tokens, dim], float32 (CPU)
+    With ``pooled_dim`` > 0 (SDXL) each embedding is packed (``host.text_condition``): its token rows replace the
+    unconditional rows' context and its pooled vector the first ``pooled_dim`` entries of their ADM input ``y``
+    (the host lays ``y`` out as [pooled | size embeddings]).
+    """
+
+    def __init__(self, embeddings: torch.Tensor, schedule: DDIMSchedule, pooled_dim: int = 0) -> None:
+        self.embeddings = embeddings  # [steps, 1, tokens (+1 pooled row), dim], float32 (CPU)
         self.schedule = schedule
+        self.pooled_dim = pooled_dim
         self._device_cache: dict = {}
 
     def __deepcopy__(self, memo):
         return self
 
-    def _embedding(self, step: int, device, dtype) -> torch.Tensor:
+    def _embedding(self, step: int, device, dtype) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         key = (step, str(device), dtype)
         if key not in self._device_cache:
-            self._device_cache = {key: self.embeddings[step].to(device, dtype)}
+            self._device_cache = {key: unpack(self.embeddings[step].to(device, dtype), self.pooled_dim)}
         return self._device_cache[key]
 
     def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
@@ -45,14 +52,24 @@ class NullEmbeddingWrapper:
         step = self.schedule.step_of_sigma(float(t.reshape(-1)[0])) if len(cou) else None
         if step is not None and 1 in cou and c_crossattn is not None:
             chunk = x.shape[0] // len(cou)
-            null = self._embedding(step, c_crossattn.device, c_crossattn.dtype)
+            null, pooled = self._embedding(step, c_crossattn.device, c_crossattn.dtype)
             if null.shape[1] != c_crossattn.shape[1]:
                 reps = c_crossattn.shape[1] // null.shape[1]
                 null = null.repeat(1, max(reps, 1), 1)[:, : c_crossattn.shape[1]]
             c_crossattn = c_crossattn.clone()
+            y = kwargs.get("y")
+            if pooled is not None:
+                if y is None or y.shape[-1] < self.pooled_dim:
+                    raise RuntimeError("the model got no ADM input 'y' for the pooled null vector (is this an SDXL model?)")
+                y = y.clone()
             for i, c in enumerate(cou):
                 if c == 1:
-                    c_crossattn[i * chunk:(i + 1) * chunk] = null.expand(chunk, -1, -1)
+                    rows = slice(i * chunk, (i + 1) * chunk)
+                    c_crossattn[rows] = null.expand(chunk, -1, -1)
+                    if pooled is not None:
+                        y[rows, : self.pooled_dim] = pooled.to(y.device, y.dtype).expand(chunk, -1)
+            if pooled is not None:
+                kwargs["y"] = y
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
 

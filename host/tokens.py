@@ -5,19 +5,30 @@ from __future__ import annotations
 from ..core.prompt_tokens import PromptError, PromptTokens, split_prompt
 
 
+def _encoder_key(tokens: dict) -> str:
+    """Which encoder's tokens to read: the only one (SD 1.x "l", SD 2.x "h") or CLIP-L of SDXL's pair."""
+    if len(tokens) == 1:
+        return next(iter(tokens))
+    if set(tokens) == {"g", "l"}:  # SDXL: CLIP-L and CLIP-G share the vocabulary (only the padding differs)
+        return "l"
+    raise PromptError(f"this CLIP has text encoders {sorted(tokens)} (SD3/Flux?); connect the CLIP of an SD 1.x/2.x "
+                      "or SDXL checkpoint.")
+
+
 def _single_encoder_tokens(clip, text: str) -> list[list]:
     tokens = clip.tokenize(text)
-    if not isinstance(tokens, dict) or len(tokens) != 1:
-        raise PromptError("this CLIP has several text encoders (SDXL/SD3/Flux?); connect the CLIP of an SD 1.x checkpoint.")
-    return next(iter(tokens.values()))
+    if not isinstance(tokens, dict) or not tokens:
+        raise PromptError("this CLIP's tokenizer is not a CLIP tokenizer; connect the CLIP of an SD 1.x/2.x or SDXL checkpoint.")
+    return tokens[_encoder_key(tokens)]
 
 
 def _end_token(clip) -> int:
     tok = clip.tokenizer
-    inner = getattr(tok, getattr(tok, "clip", ""), None)
+    inner = getattr(tok, getattr(tok, "clip", ""), None) or getattr(tok, "clip_l", None)
     end = getattr(inner, "end_token", None)
     if end is None:
-        raise PromptError("cannot find the end token of this CLIP's tokenizer; connect the CLIP of an SD 1.x checkpoint.")
+        raise PromptError("cannot find the end token of this CLIP's tokenizer; connect the CLIP of an SD 1.x/2.x or "
+                          "SDXL checkpoint.")
     return int(end)
 
 

@@ -15,30 +15,36 @@ from typing import Iterator, Optional
 import torch
 
 import comfy.latent_formats
+import comfy.model_base
 import comfy.model_management
 import comfy.model_sampling
 import comfy.patcher_extension
 
 from .errors import NodeInputError
+from .text_condition import pooled_dim, unpack
 
 
 def check_model_family(patcher, node: str) -> str:
-    """Accept SD 1.x / 2.x (4-channel SD latent, discrete 1000-step schedule, eps or v prediction)."""
+    """Accept SD 1.x / 2.x (4-channel SD latent, eps or v prediction) and SDXL (base-style ADM: pooled text vector
+    plus size embeddings), each with the 1000-step discrete schedule. Returns "SD1.x", "SD2.x" or "SDXL"."""
     base = patcher.model
     latent_format = getattr(base, "latent_format", None)
     ms = patcher.get_model_object("model_sampling")
     config_name = type(getattr(base, "model_config", None)).__name__
-    ok_latent = type(latent_format) is comfy.latent_formats.SD15
+    sdxl = type(latent_format) is comfy.latent_formats.SDXL and isinstance(base, comfy.model_base.SDXL)
+    ok_latent = type(latent_format) is comfy.latent_formats.SD15 or sdxl
     ok_sampling = isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete) and getattr(ms, "num_timesteps", 0) == 1000
     ok_pred = isinstance(ms, comfy.model_sampling.EPS) and not isinstance(ms, comfy.model_sampling.CONST)
     if not (ok_latent and ok_sampling and ok_pred):
         raise NodeInputError(
             node, "model",
             f"this model ({config_name}, latent format {type(latent_format).__name__}, sampling "
-            f"{type(ms).__name__}) is not a Stable Diffusion 1.x/2.x model with a 1000-step discrete schedule.",
-            "load an SD 1.x checkpoint (e.g. v1-5-pruned-emaonly) with Load Checkpoint; SDXL, SD3, Flux and "
-            "other families are not supported yet.",
+            f"{type(ms).__name__}) is not a Stable Diffusion 1.x/2.x or SDXL model with a 1000-step discrete schedule.",
+            "load an SD 1.x, SD 2.x or SDXL base checkpoint with Load Checkpoint; SDXL refiner, SD3, Flux and other "
+            "families are not supported yet.",
         )
+    if sdxl:
+        return "SDXL"
     return "SD2.x" if "SD2" in config_name else "SD1.x"
 
 
@@ -52,21 +58,6 @@ def alphas_cumprod(patcher) -> torch.Tensor:
     ms = patcher.get_model_object("model_sampling")
     sig = ms.sigmas.detach().to("cpu", torch.float64)
     return 1.0 / (1.0 + sig * sig)
-
-
-def conditioning_tensor(conditioning, node: str, input_name: str) -> torch.Tensor:
-    """The embedding of a single-entry CONDITIONING, [1, tokens, dim]."""
-    if not isinstance(conditioning, list) or len(conditioning) == 0:
-        raise NodeInputError(node, input_name, "no conditioning was given.", "connect a CLIP Text Encode output.")
-    if len(conditioning) != 1:
-        raise NodeInputError(
-            node, input_name, f"it has {len(conditioning)} entries (combined or area conditioning).",
-            "connect a single CLIP Text Encode output; combined/area conditioning is not supported here.")
-    emb = conditioning[0][0]
-    if emb.ndim != 3 or emb.shape[0] != 1:
-        raise NodeInputError(node, input_name, f"expected an embedding of shape [1, tokens, dim], got {list(emb.shape)}.",
-                             "connect a CLIP Text Encode output of one prompt.")
-    return emb
 
 
 @contextlib.contextmanager
@@ -114,6 +105,15 @@ class HostUNet:
         self.model_options = patcher.model_options
         self.sample_sigmas = sample_sigmas
         self.calls = 0  # forward evaluations (benchmarks)
+        self.pooled_dim = pooled_dim(patcher)  # > 0: contexts are packed with a pooled row (SDXL)
+
+    def adm(self, pooled: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The ADM input ``y`` for pooled text vectors, with the size embeddings the host's sampler uses by default
+        (image size = latent size x 8, no crop). Differentiable in ``pooled``."""
+        h, w = int(x.shape[-2]) * 8, int(x.shape[-1]) * 8
+        y = self.base.encode_adm(pooled_output=pooled, width=w, height=h, crop_w=0, crop_h=0,
+                                 target_width=w, target_height=h, device=self.device)
+        return y.to(self.device, torch.float32)
 
     def _transformer_options(self, sigma: torch.Tensor, cond_or_uncond: list[int]) -> dict:
         opts = comfy.patcher_extension.copy_nested_dicts(self.model_options.get("transformer_options", {}))
@@ -133,10 +133,12 @@ class HostUNet:
         b = x.shape[0]
         sigma = torch.full((b,), sigma_f, device=self.device, dtype=torch.float32)
         x_k = x / math.sqrt(alpha)
-        ctx = context.to(self.device)
+        ctx, pooled = unpack(context.to(self.device), self.pooled_dim)
         if ctx.shape[0] != b:
             ctx = ctx.expand(b, *ctx.shape[1:])
         c = {"c_crossattn": ctx, "transformer_options": self._transformer_options(sigma, [cond_or_uncond])}
+        if pooled is not None:
+            c["y"] = self.adm(pooled.expand(b, -1), x)
         wrapper = self.model_options.get("model_function_wrapper")
         self.calls += 1
         if wrapper is not None:

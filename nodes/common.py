@@ -12,7 +12,8 @@ import comfy.utils
 from ..core.values import Inversion, tensor_fingerprint
 from ..host.errors import NodeInputError
 from ..host.model_fingerprint import model_fingerprint
-from ..host.unet import check_model_family, conditioning_tensor
+from ..host.text_condition import pooled_dim, text_condition, tokens_of
+from ..host.unet import check_model_family
 
 
 def single_latent(latent: dict, node: str, input_name: str = "latent") -> torch.Tensor:
@@ -24,8 +25,8 @@ def single_latent(latent: dict, node: str, input_name: str = "latent") -> torch.
         raise NodeInputError(node, input_name, f"the latent batch has {samples.shape[0]} images; one image is inverted at a time.",
                              "invert one image per DDIM Invert node (split the batch with Latent From Batch).")
     if samples.shape[1] != 4:
-        raise NodeInputError(node, input_name, f"the latent has {samples.shape[1]} channels, SD 1.x latents have 4.",
-                             "encode the image with the VAE of the SD 1.x checkpoint.")
+        raise NodeInputError(node, input_name, f"the latent has {samples.shape[1]} channels, SD 1.x/2.x and SDXL latents have 4.",
+                             "encode the image with the VAE of the same checkpoint.")
     return samples
 
 
@@ -68,6 +69,7 @@ def check_same_model(model, inversion: Inversion, node: str) -> None:
 
 
 def check_source_matches(emb: torch.Tensor, inversion: Inversion, node: str, input_name: str = "source") -> None:
+    """``emb`` as ``text_condition`` returns it (packed with the pooled vector for SDXL)."""
     if cond_fingerprint(emb) != inversion.source_fingerprint:
         raise NodeInputError(node, input_name, "this source prompt is not the one DDIM Invert used.",
                              "connect the same source CONDITIONING (same text, same CLIP) to DDIM Invert and this node.")
@@ -79,6 +81,11 @@ def checked_source(model, inversion, source, node: str) -> torch.Tensor:
     check_model_family(model, node)
     check_inversion(inversion, node)
     check_same_model(model, inversion, node)
-    emb = conditioning_tensor(source, node, "source")
+    emb = text_condition(model, source, node, "source")
     check_source_matches(emb, inversion, node)
     return emb
+
+
+def source_tokens(model, emb: torch.Tensor) -> torch.Tensor:
+    """The token embeddings of a condition from ``text_condition`` (without SDXL's pooled row)."""
+    return tokens_of(emb, pooled_dim(model))

@@ -13,7 +13,8 @@ from ..core.ddim import ddim_invert
 from ..core.schedule import DDIMSchedule
 from ..core.values import Inversion
 from ..host.model_fingerprint import model_fingerprint
-from ..host.unet import HostUNet, alphas_cumprod, check_model_family, conditioning_tensor, load_model
+from ..host.text_condition import text_condition
+from ..host.unet import HostUNet, alphas_cumprod, check_model_family, load_model
 from . import types
 from .common import interrupt_check, single_latent, step_progress
 
@@ -26,7 +27,7 @@ def run_inversion(model, source, latent: dict, steps: int, node: str = NODE) -> 
     samples = single_latent(latent, node)
     if steps < 1 or steps > 1000:
         raise ValueError(f"[{node}] input 'steps': {steps} is out of range. Fix: use 1..1000 (50 is the reference).")
-    emb = conditioning_tensor(source, node, "source")
+    emb = text_condition(model, source, node, "source")
     load_model(model)
     schedule = DDIMSchedule.from_alphas_cumprod(alphas_cumprod(model), steps)
     unet = HostUNet(model, sample_sigmas=schedule.sigmas())

@@ -18,6 +18,7 @@ from ..core.values import AttentionControl, EditResult, Inversion, NullEmbedding
 from ..host.attention_patch import P2PAttentionPatch
 from ..host.edit_sampler import WRAPPER_KEY, NullEmbeddingWrapper, ddim_sampler, sample_from_inversion
 from ..host.errors import NodeInputError
+from ..host.text_condition import pooled_dim, to_conditioning, unpack
 from ..host.unet import load_model
 from ..host.unet_layers import attention_layers, blend_downsample
 from . import types
@@ -42,7 +43,9 @@ def check_null_embeddings(null: NullEmbeddings, inversion: Inversion, node: str)
 def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, control: Optional[AttentionControl],
              guidance: float, node: str = NODE, preview: bool = True) -> tuple[torch.Tensor, EditResult]:
     """Returns the model-space latent batch [reconstruction, edit 1, ...] and attention statistics."""
-    src = checked_source(model, inversion, source, node)
+    src_packed = checked_source(model, inversion, source, node)
+    dim = pooled_dim(model)
+    src, src_pooled = unpack(src_packed, dim)
     check_null_embeddings(null, inversion, node)
     check_guidance(guidance, node, "use the guidance of Null-Text Optimize (7.5).")
     if not math.isclose(guidance, null.guidance, rel_tol=1e-6):
@@ -57,6 +60,10 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
         if tgt.shape[1:] != src.shape[1:]:
             raise NodeInputError(node, "target", f"its embedding shape {list(tgt.shape[1:])} differs from the source's {list(src.shape[1:])}.",
                                  "encode source and target with the same CLIP, each within 75 tokens.")
+        tgt_pooled = target[0][1].get("pooled_output") if isinstance(target[0][1], dict) else None
+        if dim and (tgt_pooled is None or tuple(tgt_pooled.shape) != (tgt.shape[0], dim)):
+            raise NodeInputError(node, "target", f"an SDXL model needs one pooled text vector (width {dim}) per target row.",
+                                 "connect the Attention Controller's target output, made with this checkpoint's CLIP.")
     if control is not None:
         if not isinstance(control, AttentionControl):
             raise NodeInputError(node, "control", f"expected an attention control, got {type(control).__name__}.",
@@ -82,7 +89,7 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
     patch = P2PAttentionPatch(edit, schedule, n_prompts, layers, blend_downsample(layers))
     patch.install(patcher, layers)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-                                 NullEmbeddingWrapper(null.embeddings, schedule))
+                                 NullEmbeddingWrapper(null.embeddings, schedule, dim))
 
     offsets = null.latent_offsets
     alphas = schedule.sampling_alphas()
@@ -102,7 +109,10 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
     needs_hook = offsets is not None or (edit is not None and edit.has_blend)
     rows = [src] if tgt is None else [src, tgt.to(src.device, src.dtype)]
     positive = [[torch.cat(rows), {}]]
-    negative = [[null.embeddings[0].clone(), {}]]
+    if dim:
+        pooled_rows = [src_pooled] if tgt is None else [src_pooled, tgt_pooled.to(src_pooled.device, src_pooled.dtype)]
+        positive[0][1]["pooled_output"] = torch.cat(pooled_rows)
+    negative = to_conditioning(null.embeddings[0].clone(), dim)
     x_T = inversion.x_T.repeat(n_prompts, 1, 1, 1)
     callback = latent_preview.prepare_callback(patcher, schedule.steps) if preview else None
     out = sample_from_inversion(patcher, x_T, schedule, positive, negative, guidance,

@@ -11,7 +11,8 @@ from ..core.ddim import ddim_sample
 from ..core.fast_inversion import direct_inversion_offsets, negative_prompt_embeddings
 from ..core.values import Inversion, NullEmbeddings
 from ..host.errors import NodeInputError
-from ..host.unet import HostUNet, conditioning_tensor, load_model
+from ..host.text_condition import text_condition
+from ..host.unet import HostUNet, load_model
 from . import types
 from .common import check_guidance, checked_source, step_progress
 
@@ -38,7 +39,7 @@ def run_fast_inversion(model, source, null, inversion: Inversion, method: str, g
             final = ddim_sample(lambda x, t, c: unet.eps(x, t, c, 0), schedule, trajectory[-1], cond, on_step=on_step)
             offsets = None
         else:
-            null_emb = conditioning_tensor(null, node, "null")
+            null_emb = text_condition(model, null, node, "null")
             embeddings = null_emb.detach().to(torch.float32).unsqueeze(0).repeat(schedule.steps, 1, 1, 1)
             offsets = direct_inversion_offsets(lambda x, t, c: unet.eps(x, t, c, 0), schedule, trajectory, cond,
                                                null_emb, guidance, on_step, eps_uncond_fn=lambda x, t, c: unet.eps(x, t, c, 1))

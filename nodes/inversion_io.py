@@ -26,6 +26,7 @@ from ..core.serialization import FormatError, LoadedInversion
 from ..core.values import Inversion, NullEmbeddings
 from ..host.errors import NodeInputError
 from ..host.model_fingerprint import model_config_name, model_fingerprint
+from ..host.text_condition import pooled_dim, to_conditioning
 from . import types
 from .common import check_inversion, interrupt_check
 from .edited_sample import check_null_embeddings
@@ -285,7 +286,7 @@ class LoadInversion(io.ComfyNode):
         prompt = f"; source prompt: '{loaded.source_prompt}'" if loaded.source_prompt else ""
         text = [f"{inversion_file}: {inv.steps} steps, {w}x{h} px, guidance {null.guidance:g} ({null.method}){prompt}"]
         text += [f"WARNING: {m}" for m in warnings]
-        source = [[inv.source_context.clone(), {}]]
+        source = to_conditioning(inv.source_context.clone(), pooled_dim(model) if inv.model_family == "SDXL" else 0)
         return io.NodeOutput(inv, null, source, loaded.source_prompt, ui={"text": ["\n".join(text)]})
 
     @classmethod

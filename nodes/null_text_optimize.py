@@ -11,7 +11,8 @@ from comfy_api.latest import io
 from ..core.null_text import NullTextSettings, optimize_null_embeddings
 from ..core.values import Inversion, NullEmbeddings
 from ..host.errors import NodeInputError
-from ..host.unet import HostUNet, conditioning_tensor, grad_capable_weights, load_model
+from ..host.text_condition import text_condition
+from ..host.unet import HostUNet, grad_capable_weights, load_model
 from . import types
 from .common import check_guidance, checked_source, interrupt_check
 
@@ -22,7 +23,7 @@ def run_null_text(model, source, null, inversion: Inversion, guidance: float, in
                   node: str = NODE) -> tuple[NullEmbeddings, torch.Tensor]:
     """Optimise the per-step null embeddings; returns them and the reconstruction latent (model space)."""
     cond = checked_source(model, inversion, source, node)
-    null_emb = conditioning_tensor(null, node, "null")
+    null_emb = text_condition(model, null, node, "null")
     check_guidance(guidance, node, "use the guidance you will edit with (7.5 in the paper).")
     if inner_steps < 0:
         raise NodeInputError(node, "inner_steps", f"{inner_steps} is negative.", "use 10 (the paper) or fewer for speed.")

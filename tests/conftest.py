@@ -126,7 +126,7 @@ if HOST_PATH is not None:
 # --------------------------------------------------------------------------------------------------------------
 _HOST_NODEIDS: set[str] = set()
 _HOST_OUTCOMES: dict[str, str] = {}
-_HOST_FIXTURES = {"host", "tiny_model", "tiny_checkpoint_path", "checkpoint_dir", "tiny_checkpoint_name"}
+_HOST_FIXTURES = {"host", "tiny_model", "tiny_checkpoint_path", "checkpoint_dir", "tiny_checkpoint_name", "tiny_sdxl"}
 
 
 def pytest_configure(config):
@@ -227,6 +227,15 @@ def tiny_model(host, tiny_checkpoint_path):
         tiny_checkpoint_path, output_vae=True, output_clip=True, embedding_directory=None
     )
     return out[0], out[1], out[2]
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(host):
+    """``(model_patcher, clip, vae)`` of the tiny SDXL-layout model (host classes, built directly: the host's
+    loader only detects full-size SDXL UNets; see tests/tiny_sdxl.py). Shared by the session: clone before patching."""
+    from tiny_sdxl import build_tiny_sdxl
+
+    return build_tiny_sdxl(seed=TINY_SEED)
 
 
 @pytest.fixture(scope="session")

@@ -130,13 +130,14 @@ def build_unet(
     attn2_key_scale: float = DEFAULT_ATTN2_KEY_SCALE,
     attn2_out_scale: float = DEFAULT_ATTN2_OUT_SCALE,
     out_scale: float = DEFAULT_OUT_SCALE,
+    config: dict = UNET_CONFIG,
 ):
-    """The host's UNetModel with the tiny layout, initialised from ``seed`` (float32, CPU)."""
+    """The host's UNetModel with the tiny layout (``config``), initialised from ``seed`` (float32, CPU)."""
     prepare_host_cpu()
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    cfg = dict(UNET_CONFIG)
+    cfg = dict(config)
     cfg["transformer_depth"] = list(cfg["transformer_depth"])
     cfg["transformer_depth_output"] = list(cfg["transformer_depth_output"])
     unet = UNetModel(**cfg, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
@@ -161,8 +162,10 @@ def build_unet(
     return unet
 
 
-def build_clip_state_dict(seed: int = 0) -> dict:
-    """State dict (keys without prefix, float16) of the host's 12-layer CLIP-L text model."""
+def build_clip_state_dict(seed: int = 0, config_file: str = "sd1_clip_config.json", overrides: dict | None = None,
+                          projection: bool = False) -> dict:
+    """State dict (keys without prefix, float16) of the host's CLIP text model of ``config_file`` (a config shipped
+    with the host; default the 12-layer CLIP-L of SD1) with ``overrides`` applied (e.g. fewer layers)."""
     prepare_host_cpu()
     import json
 
@@ -170,16 +173,17 @@ def build_clip_state_dict(seed: int = 0) -> dict:
     import comfy.ops
     import comfy.sd1_clip
 
-    cfg_path = os.path.join(os.path.dirname(os.path.realpath(comfy.sd1_clip.__file__)), "sd1_clip_config.json")
+    cfg_path = os.path.join(os.path.dirname(os.path.realpath(comfy.sd1_clip.__file__)), config_file)
     with open(cfg_path) as f:
         config = json.load(f)
+    config.update(overrides or {})
     # only the key names and shapes are needed: build on the meta device (no memory, no init)
     model = comfy.clip_model.CLIPTextModel(config, torch.float32, "meta", comfy.ops.disable_weight_init)
-    gen = torch.Generator().manual_seed(int(seed) * 1000 + 2)
+    gen = torch.Generator().manual_seed(int(seed) * 1000 + 2 + (7 if projection else 0))
     out = {}
     for name, p in model.state_dict().items():
         leaf = name.rsplit(".", 1)[-1]
-        if name.startswith("text_projection"):
+        if name.startswith("text_projection") and not projection:
             continue  # real SD1 files have none; the host drops it for SD1 anyway (pooled output unused)
         if "layer_norm" in name or "final_layer_norm" in name:
             t = torch.ones(p.shape) if leaf == "weight" else torch.zeros(p.shape)
