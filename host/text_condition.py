@@ -81,6 +81,13 @@ def conditioning_tensor(conditioning, node: str, input_name: str) -> torch.Tenso
 def text_condition(patcher, conditioning, node: str, input_name: str) -> torch.Tensor:
     """One prompt's CONDITIONING as the tensor the algorithm works on (packed for SDXL), with clear errors."""
     emb = conditioning_tensor(conditioning, node, input_name)
+    unet_config = getattr(getattr(patcher.model, "model_config", None), "unet_config", None) or {}
+    context_dim = unet_config.get("context_dim")
+    if context_dim is not None and emb.shape[-1] != int(context_dim):
+        raise NodeInputError(
+            node, input_name, f"its token embeddings are {emb.shape[-1]} wide but this model reads {context_dim}: "
+            "the prompt was encoded with another model family's CLIP.",
+            "encode the prompt with the CLIP output of the same Load Checkpoint as the model.")
     dim = pooled_dim(patcher)
     if dim == 0:
         return emb

@@ -68,6 +68,17 @@ def test_sdxl_is_accepted_and_its_condition_carries_the_pooled_vector(sdxl):
         text_condition(sdxl.model, sized, "Test", "source")
 
 
+def test_prompts_encoded_for_another_family_are_refused(sdxl, tiny_model):
+    from nulltext_p2p.host.errors import NodeInputError
+    from nulltext_p2p.host.text_condition import text_condition
+
+    sd1_model, sd1_clip, _ = tiny_model
+    with pytest.raises(NodeInputError, match=r"input 'source'.*2048 wide but this model reads 768.*same Load Checkpoint"):
+        text_condition(sd1_model, sdxl.source, "Test", "source")
+    with pytest.raises(NodeInputError, match=r"input 'null'.*768 wide but this model reads 2048"):
+        text_condition(sdxl.model, encode(sd1_clip, ""), "Test", "null")
+
+
 def test_the_pooled_vector_reaches_the_unet(sdxl):
     from nulltext_p2p.host.text_condition import text_condition
     from nulltext_p2p.host.unet import HostUNet
