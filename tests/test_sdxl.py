@@ -290,3 +290,29 @@ def test_sdxl_graph_runs_through_the_execution_engine(host, tmp_path):
         im = np.asarray(Image.open(tmp_path / "output" / item.get("subfolder", "") / item["filename"]))
         assert im.shape == (128, 192, 3)
         assert np.isfinite(im).all() and im.std() > 0
+
+
+def test_sdxl_inversion_file_round_trip_edits_identically(sdxl, tmp_path):
+    import folder_paths
+
+    from nulltext_p2p.nodes.edited_sample import run_edit
+    from nulltext_p2p.nodes.inversion_io import LoadInversion, SaveInversion
+
+    old = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path / "output"))
+    try:
+        SaveInversion.execute(sdxl.model, sdxl.inv, sdxl.value, "sdxl", SOURCE)
+        with torch.inference_mode():
+            out = LoadInversion.execute("sdxl_00001.safetensors", sdxl.model)
+    finally:
+        folder_paths.set_output_directory(old)
+    inv2, null2, source2, prompt2 = out.args
+    assert "WARNING" not in out.ui["text"][0] and "192x128 px" in out.ui["text"][0]
+    assert inv2.model_family == "SDXL" and prompt2 == SOURCE
+    assert torch.equal(source2[0][0], sdxl.source[0][0].float())
+    assert torch.equal(source2[0][1]["pooled_output"], sdxl.source[0][1]["pooled_output"].float())
+    control, _, tgt = control_for(sdxl.clip, TARGET, blend_words="cat, tiger")
+    with torch.inference_mode():
+        live, _ = run_edit(sdxl.model, sdxl.inv, sdxl.value, sdxl.source, tgt, control, 7.5, preview=False)
+        from_file, _ = run_edit(sdxl.model, inv2, null2, source2, tgt, control, 7.5, preview=False)
+    assert torch.equal(live, from_file)
