@@ -33,7 +33,7 @@ def import_pack():
     os.symlink(REPO, os.path.join(link_dir, "nulltext_p2p"), target_is_directory=True)
     sys.path.insert(0, link_dir)
     sys.path.insert(0, str(REPO / "tests"))  # tiny_model, helpers
-    import nulltext_p2p  # noqa: F401
+    __import__("nulltext_p2p")
 
 
 class Counter:
@@ -122,7 +122,7 @@ class PeakMemory:
                 out["peak_gpu_mib"] = round(self.torch.cuda.max_memory_allocated() / 2 ** 20, 1)
 
 
-def warm_up(model, source, null, latent, guidance: float) -> None:
+def warm_up(model, source, null, latent, guidance: float, weight_grads: bool = True) -> None:
     """One untimed pass of every kind of work, so no timed phase pays first-call costs (allocator pools, kernel
     selection): a 2-step inversion, null-text for 2 steps x 2 iterations, and a forward+backward with weight
     gradients as the reference runs it."""
@@ -133,6 +133,9 @@ def warm_up(model, source, null, latent, guidance: float) -> None:
     with torch.inference_mode():
         inv = run_inversion(model, source, latent, 2)
         run_null_text(model, source, null, inv, guidance, 2, 0.0)
+    if not weight_grads:
+        print("bench: warm-up done (untimed)", flush=True)
+        return
     diffusion = model.model.diffusion_model
     flags = [(p, p.requires_grad) for p in diffusion.parameters()]
     try:
@@ -175,7 +178,10 @@ def psnr(a, b) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--comfyui", help="ComfyUI checkout (default: COMFYUI_PATH, then ~/ComfyUI)")
-    ap.add_argument("--checkpoint", help="an SD 1.x checkpoint; default: the tiny random test model")
+    ap.add_argument("--checkpoint", help="an SD 1.x/2.x or SDXL checkpoint; default: the tiny random test model")
+    ap.add_argument("--tiny-sdxl", action="store_true",
+                    help="use the tiny random SDXL-layout test model (tests/tiny_sdxl.py) instead of the SD 1.x one; "
+                         "the authors' reference is SD 1.x code and is skipped")
     ap.add_argument("--image", help="an image file; default: a synthetic image (tiny model: a synthetic latent)")
     ap.add_argument("--size", type=int, default=None, help="image side in px (default 512, tiny model 128)")
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50, tiny model 10)")
@@ -208,6 +214,7 @@ def main(argv=None) -> int:
 
     from helpers import encode, image_latent, make_test_image  # tests/helpers.py
     from nulltext_p2p.core.ddim import ddim_sample
+    from nulltext_p2p.host.text_condition import text_condition
     from nulltext_p2p.host.unet import HostUNet, alphas_cumprod
     from nulltext_p2p.nodes.attention_controller import build_control
     from nulltext_p2p.nodes.ddim_invert import run_inversion
@@ -216,20 +223,27 @@ def main(argv=None) -> int:
     from nulltext_p2p.nodes.null_text_optimize import run_null_text
     import comfy.sd
 
+    if args.tiny_sdxl:
+        args.skip_reference = True
     steps = args.steps or (10 if tiny else 50)
     size = args.size or (128 if tiny else 512)
     ckpt = args.checkpoint
-    if tiny:
+    if tiny and not args.tiny_sdxl:
         from tiny_model import build_tiny_sd15_checkpoint
 
         ckpt = build_tiny_sd15_checkpoint(os.path.join(tempfile.mkdtemp(prefix="ntp_bench_ckpt_"), "tiny.safetensors"))
 
     def load(dtype=None):
+        if args.tiny_sdxl:
+            from tiny_sdxl import build_tiny_sdxl
+
+            return build_tiny_sdxl(dtype=dtype or torch.float32)
         opts = {} if dtype is None else {"dtype": dtype}
         return comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=True, output_clip=True,
                                                      embedding_directory=None, model_options=opts)[:3]
 
     model, clip, vae = load()
+    model_name = "tiny-sdxl" if args.tiny_sdxl else ("tiny" if tiny else ckpt)
     source_text, target_text = "a cat sitting on a table", "a tiger sitting on a table"
     source, null = encode(clip, source_text), encode(clip, "")
     if args.image:
@@ -277,23 +291,36 @@ def main(argv=None) -> int:
         return result
 
     print(f"bench: {steps} steps, {size}px, inner {args.inner}, guidance {args.guidance}, "
-          f"device {comfy_mm.get_torch_device()}, checkpoint {'tiny' if tiny else ckpt}", flush=True)
-    warm_up(model, source, null, latent, args.guidance)
+          f"device {comfy_mm.get_torch_device()}, checkpoint {model_name}", flush=True)
+    warm_up(model, source, null, latent, args.guidance, weight_grads=not args.skip_reference)
     inv = phase("ddim inversion", lambda: {"inv": run_inversion(model, source, latent, steps)})["inv"]
     z0 = inv.latents[0]
     unet = HostUNet(model)
-    plain_nulls = null[0][0].unsqueeze(0).expand(steps, *null[0][0].shape)
+    source_c, null_c = (text_condition(model, c, "bench", n) for c, n in ((source, "source"), (null, "null")))
+    plain_nulls = null_c.unsqueeze(0).expand(steps, *null_c.shape)
 
     def plain():
         with torch.no_grad():
-            return {"recon": ddim_sample(lambda x, t, c: unet.eps(x, t, c), inv.schedule, inv.x_T, source[0][0],
+            return {"recon": ddim_sample(lambda x, t, c: unet.eps(x, t, c), inv.schedule, inv.x_T, source_c,
                                          plain_nulls, args.guidance)}
 
     phase("plain DDIM @ guidance (no NTI)", plain, z0, "reconstruction without null-text")
 
-    def ours(inner=args.inner, eps=1e-5, m=model):
+    def inversion_for(m):
+        """The inversion made with ``m`` (a model loaded in another dtype can have another fingerprint: the nodes
+        then refuse the fp32 inversion, so it gets its own, made outside the timed phase)."""
+        from nulltext_p2p.host.model_fingerprint import model_fingerprint
+
+        if m is model or model_fingerprint(m) == inv.model_fingerprint:
+            return inv
+        if id(m) not in state:
+            with torch.inference_mode():
+                state[id(m)] = run_inversion(m, source, latent, steps)
+        return state[id(m)]
+
+    def ours(inner=args.inner, eps=1e-5, m=model, m_inv=None):
         with torch.inference_mode():  # as ComfyUI runs nodes
-            value, final = run_null_text(m, source, null, inv, args.guidance, inner, eps)
+            value, final = run_null_text(m, source, null, m_inv or inv, args.guidance, inner, eps)
         state.setdefault("values", {})[(inner, eps)] = value
         return {"recon": final, "iterations": value.iterations, "value": value}
 
@@ -339,7 +366,8 @@ def main(argv=None) -> int:
         dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[prec]
         m_lp = load(dt)[0]
         counters.append(Counter(m_lp.model.diffusion_model))
-        phase(f"null-text, model {prec}", lambda: ours(m=m_lp), z0, "named option: low-precision forward, fp32 embedding")
+        lp_inv = inversion_for(m_lp)
+        phase(f"null-text, model {prec}", lambda: ours(m=m_lp, m_inv=lp_inv), z0, "named option: low-precision forward, fp32 embedding")
     for method in ("negative-prompt", "direct-inversion"):
         def fast(method=method):
             with torch.inference_mode():
@@ -363,7 +391,7 @@ def main(argv=None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "torch": torch.__version__, "device": str(comfy_mm.get_torch_device())},
         "settings": {"steps": steps, "size": size, "inner": args.inner, "guidance": args.guidance,
-                     "checkpoint": "tiny" if tiny else ckpt},
+                     "checkpoint": model_name},
         "phases": rows,
     }
     cols = ["phase", "wall_s", "unet_evals", "backward", "inner_iterations", "peak_rss_mib", "peak_gpu_mib",
