@@ -223,8 +223,6 @@ def main(argv=None) -> int:
     from nulltext_p2p.nodes.null_text_optimize import run_null_text
     import comfy.sd
 
-    if args.tiny_sdxl:
-        args.skip_reference = True
     steps = args.steps or (10 if tiny else 50)
     size = args.size or (128 if tiny else 512)
     ckpt = args.checkpoint
@@ -243,6 +241,11 @@ def main(argv=None) -> int:
                                                      embedding_directory=None, model_options=opts)[:3]
 
     model, clip, vae = load()
+    from nulltext_p2p.host.unet import check_model_family
+
+    if check_model_family(model, "bench") == "SDXL" and not args.skip_reference:
+        print("bench: SDXL model: the authors' reference is SD 1.x code (no pooled vector); it is skipped")
+        args.skip_reference = True
     model_name = "tiny-sdxl" if args.tiny_sdxl else ("tiny" if tiny else ckpt)
     source_text, target_text = "a cat sitting on a table", "a tiger sitting on a table"
     source, null = encode(clip, source_text), encode(clip, "")

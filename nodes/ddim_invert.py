@@ -63,7 +63,7 @@ class DDIMInvert(io.ComfyNode):
                         "keeping every latent of the way: the pivot trajectory that Null-Text Optimize and "
                         "Edited Sample follow.",
             inputs=[
-                io.Model.Input("model", tooltip="An SD 1.x model (from Load Checkpoint; LoRA and other model patches are honoured)."),
+                io.Model.Input("model", tooltip="An SD 1.x/2.x or SDXL base model (from Load Checkpoint; LoRA and other model patches are honoured)."),
                 io.Conditioning.Input("source", tooltip="The source prompt: a caption of the image (CLIP Text Encode), e.g. 'a cat sitting on a table'."),
                 io.Latent.Input("latent", tooltip="The image latent from VAE Encode (one image; any size that is a multiple of 8 px, 512x512 is the reference)."),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps (leading spacing, offset 1). 50 reproduces the paper; Null-Text Optimize and Edited Sample use the same schedule."),

@@ -133,7 +133,7 @@ class EditedSample(io.ComfyNode):
                         "reconstruction of the photo, rows 1.. the edits (one per target prompt), with "
                         "Prompt-to-Prompt attention control when connected. Decode with VAE Decode.",
             inputs=[
-                io.Model.Input("model", tooltip="The same SD 1.x model used for inversion (it is cloned and patched; the input stays untouched)."),
+                io.Model.Input("model", tooltip="The same model (SD 1.x/2.x or SDXL) used for inversion (it is cloned and patched; the input stays untouched)."),
                 io.Custom("NTP_INVERSION").Input("inversion", tooltip="The 'inversion' output of DDIM Invert (x_T and the schedule)."),
                 io.Custom("NTP_NULL_EMBEDDINGS").Input("null_embeddings", tooltip="The per-step null embeddings of Null-Text Optimize for this inversion."),
                 io.Conditioning.Input("source", tooltip="The source prompt CONDITIONING used for inversion."),

@@ -66,7 +66,7 @@ class FastInversion(io.ComfyNode):
                         "Inversion (per-step latent offsets on the source row; 2 UNet passes per step). Edited Sample "
                         "works unchanged.",
             inputs=[
-                io.Model.Input("model", tooltip="The same SD 1.x model used for DDIM Invert."),
+                io.Model.Input("model", tooltip="The same model (SD 1.x/2.x or SDXL) used for DDIM Invert."),
                 io.Conditioning.Input("source", tooltip="The same source prompt CONDITIONING used for DDIM Invert."),
                 io.Conditioning.Input("null", tooltip="CLIP Text Encode of \"\" (used by direct-inversion; ignored by negative-prompt)."),
                 io.Custom("NTP_INVERSION").Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),

@@ -68,7 +68,7 @@ class NullTextOptimize(io.ComfyNode):
                         "x_T follows the inversion back to the image (Mokady et al. 2023). Slow: up to "
                         "steps x inner steps UNet forward+backward passes; run it once and edit many times.",
             inputs=[
-                io.Model.Input("model", tooltip="The same SD 1.x model used for DDIM Invert."),
+                io.Model.Input("model", tooltip="The same model (SD 1.x/2.x or SDXL) used for DDIM Invert."),
                 io.Conditioning.Input("source", tooltip="The same source prompt CONDITIONING used for DDIM Invert."),
                 io.Conditioning.Input("null", tooltip="CLIP Text Encode of the empty prompt \"\": the starting null embedding."),
                 io.Custom("NTP_INVERSION").Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),
