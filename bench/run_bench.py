@@ -1,7 +1,9 @@
 """Benchmark: the cost and quality of DDIM inversion, null-text optimisation, fast modes and an edit.
 
-    python bench/run_bench.py                       # tiny random model on CPU (a few minutes on 2 cores)
-    python bench/run_bench.py --checkpoint /path/v1-5-pruned-emaonly.safetensors --image photo.jpg --steps 50
+    python bench/run_bench.py                       # tiny random model on CPU, 50 steps at 64 px (~4 min, 2 cores)
+    python bench/run_bench.py --steps 10 --size 128 --repeat 3        # shorter trajectory, larger latent
+    python bench/run_bench.py --tiny-sdxl           # the tiny SDXL-layout model
+    python bench/run_bench.py --checkpoint /path/v1-5-pruned-emaonly.safetensors --image photo.jpg
 
 Prints one table (UNet forward evaluations and backward passes per phase, inner iterations, wall time, peak
 memory, reconstruction latent MSE and decoded PSNR) and writes it as JSON (--json). The baseline "reference" row
@@ -183,8 +185,8 @@ def main(argv=None) -> int:
                     help="use the tiny random SDXL-layout test model (tests/tiny_sdxl.py) instead of the SD 1.x one; "
                          "the authors' reference is SD 1.x code and is skipped")
     ap.add_argument("--image", help="an image file; default: a synthetic image (tiny model: a synthetic latent)")
-    ap.add_argument("--size", type=int, default=None, help="image side in px (default 512, tiny model 128)")
-    ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50, tiny model 10)")
+    ap.add_argument("--size", type=int, default=None, help="image side in px (default 512; tiny models 64 for SD 1.x, 128 for SDXL)")
+    ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50, the paper's)")
     ap.add_argument("--inner", type=int, default=10, help="inner iterations (default 10)")
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--cpu", action="store_true", help="force the CPU")
@@ -223,8 +225,8 @@ def main(argv=None) -> int:
     from nulltext_p2p.nodes.null_text_optimize import run_null_text
     import comfy.sd
 
-    steps = args.steps or (10 if tiny else 50)
-    size = args.size or (128 if tiny else 512)
+    steps = args.steps or 50
+    size = args.size or ((128 if args.tiny_sdxl else 64) if tiny else 512)
     ckpt = args.checkpoint
     if tiny and not args.tiny_sdxl:
         from tiny_model import build_tiny_sd15_checkpoint

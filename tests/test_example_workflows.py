@@ -30,7 +30,9 @@ EXPECTED_SAVED = {
     "refine.json": 3,  # source, reconstruction, wooden table
     "reweight.json": 3,  # source, reconstruction, fluffier
     "invert_once_edit_many.json": 5,  # [reconstruction, tiger, dog] + [reconstruction, wooden table]
+    "sdxl_word_swap.json": 3,  # source, reconstruction, tiger (run here with the tiny SD1.x checkpoint)
 }
+CHECKPOINTS = {"sdxl_word_swap.json": "sd_xl_base_1.0.safetensors"}  # the rest: v1-5-pruned-emaonly.safetensors
 CORE_NODES = {"LoadImage", "CheckpointLoaderSimple", "CLIPTextEncode", "VAEEncode", "VAEDecode", "SaveImage",
               "PreviewImage", "ImageScale", "ImageBatch", "PrimitiveStringMultiline", "Note", "MarkdownNote"}
 PACK_PREFIX = "NTP_"
@@ -135,7 +137,7 @@ def test_example_is_a_self_explaining_ui_workflow(path, runner_host):
     assert "Note" not in kinds
     for node in prompt.values():
         if node["class_type"] == "CheckpointLoaderSimple":
-            assert node["inputs"]["ckpt_name"] == "v1-5-pruned-emaonly.safetensors"
+            assert node["inputs"]["ckpt_name"] == CHECKPOINTS.get(path.name, "v1-5-pruned-emaonly.safetensors")
         for name, value in DEFAULTS.get(node["class_type"], {}).items():
             assert node["inputs"][name] == pytest.approx(value), (node["_meta"]["title"], name)
     assert "SaveImage" in kinds
