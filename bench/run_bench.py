@@ -362,6 +362,7 @@ def main(argv=None) -> int:
         rows[-1]["rms_embedding_diff_vs_ours"] = float(delta.pow(2).mean().sqrt())
         rows[-1]["recon_diff_vs_ours"] = float((r_ours["recon"].cpu() - r_ref["recon"].cpu()).abs().max())
         rows[-1]["iterations_equal"] = list(r_ours["iterations"]) == list(r_ref["iterations"])
+        rows[-1]["iterations_per_step"] = {"ours": list(r_ours["iterations"]), "reference": list(r_ref["iterations"])}
         if args.repeat > 1:
             time_pairs(rows, {"null-text (ours, default)": ours, "null-text (authors' reference)": reference},
                        args.repeat)
