@@ -154,7 +154,7 @@ def test_prompt_to_prompt_patches_both_transformer_blocks_of_sdxl_layers(sdxl):
 
     control, _, tgt = control_for(sdxl.clip, TARGET, reweight="tiger=2")
     with torch.inference_mode():
-        edited, _ = run_edit(sdxl.model, sdxl.inv, sdxl.value, sdxl.source, tgt, control, 7.5, preview=False)
+        edited, stats = run_edit(sdxl.model, sdxl.inv, sdxl.value, sdxl.source, tgt, control, 7.5, preview=False)
         naive, _ = run_edit(sdxl.model, sdxl.inv, sdxl.value, sdxl.source, tgt, None, 7.5, preview=False)
     assert torch.isfinite(edited).all()
     assert torch.equal(edited[0], naive[0])  # the reconstruction row is never edited
@@ -162,6 +162,14 @@ def test_prompt_to_prompt_patches_both_transformer_blocks_of_sdxl_layers(sdxl):
     d_naive = float((naive[1] - naive[0]).abs().mean())
     print(f"SDXL word swap: mean |edit - source| with Prompt-to-Prompt {d_edit:.4f}, naive {d_naive:.4f}")
     assert 0 < d_edit < d_naive  # attention injection keeps the edit closer to the source
+
+    from nulltext_p2p.core.attention_maps import GridLayout
+    from nulltext_p2p.nodes.attention_maps import make_grid
+
+    grid, labels = make_grid(stats, None, 1, "", "each", 0)  # the Attention Maps node's picture of the edit row
+    assert labels == TARGET.split()
+    assert grid.shape == (1, *GridLayout.make(len(labels), (H * 8, W * 8)).size_hw, 3)
+    assert torch.isfinite(grid).all() and float(grid.max()) <= 1
 
 
 def test_local_blend_at_sdxl_layers(tiny_sdxl):
