@@ -45,3 +45,39 @@ class ServerStub:
 
     def send_sync(self, event, data, sid=None) -> None:
         self.messages.append((event, data))
+
+
+def edit_graph(loader: dict, source: str = "a cat sitting on a table", target: str = "a tiger sitting on a table",
+               prefix: str = "ntp_graph") -> dict:
+    """The API prompt of the whole edit: ``loader`` (node "1", outputs MODEL, CLIP, VAE) -> CLIP Text Encode (source,
+    "") -> LoadImage photo.png -> VAE Encode -> DDIM Invert (4 steps) -> Null-Text Optimize (2 inner steps) ->
+    Attention Controller (replace, reweight tiger=2, blend cat/tiger) -> Edited Sample -> VAE Decode -> Save Image
+    (node "11")."""
+    return {
+        "1": loader,
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": source, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "NTP_DDIMInvert", "inputs": {"model": ["1", 0], "source": ["2", 0], "latent": ["5", 0], "steps": 4}},
+        "7": {"class_type": "NTP_NullTextOptimize", "inputs": {"model": ["1", 0], "source": ["2", 0], "null": ["3", 0],
+                                                           "inversion": ["6", 0], "guidance": 7.5, "inner_steps": 2, "epsilon": 1e-5}},
+        "8": {"class_type": "NTP_AttentionController", "inputs": {
+            "clip": ["1", 1], "source_prompt": source, "target_prompts": target, "mode": "replace",
+            "cross_replace": 0.8, "self_replace": 0.5, "word_windows": "", "reweight": "tiger=2", "blend_words": "cat, tiger",
+            "blend_threshold": 0.3, "blend_start": 0.2}},
+        "9": {"class_type": "NTP_EditedSample", "inputs": {"model": ["1", 0], "inversion": ["6", 0], "null_embeddings": ["7", 0],
+                                                        "source": ["2", 0], "guidance": 7.5, "target": ["8", 2], "control": ["8", 0]}},
+        "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
+        "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": prefix}},
+    }
+
+
+def blend_regions(out: torch.Tensor, cross_maps: torch.Tensor, control, steps: int, hw: tuple[int, int]) -> tuple:
+    """(mask fraction, max |edit - source| outside the final local-blend mask, inside it) for row 1 of ``out``."""
+    from nulltext_p2p.nodes.attention_controller import build_edit
+
+    mask = build_edit(control, steps).blend_mask(cross_maps.unsqueeze(1), hw)[1, 0].bool()
+    outside = float((out[1] - out[0]).abs()[:, ~mask].max()) if (~mask).any() else 0.0
+    inside = float((out[1] - out[0]).abs()[:, mask].max()) if mask.any() else 0.0
+    return float(mask.float().mean()), outside, inside

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import encode, image_latent, mse
+from helpers import blend_regions, encode, image_latent, mse
 from pipeline import build_pipeline
 
 pytestmark = pytest.mark.host
@@ -99,7 +99,6 @@ def blend_setup(tiny_model):
 
 
 def test_local_blend_keeps_outside_of_mask(blend_setup):
-    from nulltext_p2p.nodes.attention_controller import build_edit
     from nulltext_p2p.nodes.edited_sample import run_edit
 
     model, clip, source, inv, value = blend_setup
@@ -109,12 +108,8 @@ def test_local_blend_keeps_outside_of_mask(blend_setup):
     with torch.inference_mode():
         out, stats = run_edit(model, inv, value, source, tgt_cond, control, 7.5, preview=False)
     assert stats.map_hw == (8, 8)
-    edit_obj = build_edit(control, inv.steps)
     # the mask after the last step: the maps summed over all steps, as the sampler used it
-    mask = edit_obj.blend_mask(stats.cross_maps.unsqueeze(1), (32, 32))[1, 0].bool()
-    frac = float(mask.float().mean())
-    outside = float((out[1] - out[0]).abs()[:, ~mask].max()) if (~mask).any() else 0.0
-    inside = float((out[1] - out[0]).abs()[:, mask].max()) if mask.any() else 0.0
+    frac, outside, inside = blend_regions(out, stats.cross_maps, control, inv.steps, (32, 32))
     print(f"local blend: mask covers {frac:.2%}; max |edit - source| outside {outside:.2e}, inside {inside:.2e}")
     assert 0.05 < frac < 0.95
     assert outside < 1e-5

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from helpers import ServerStub, make_test_image
+from helpers import ServerStub, edit_graph, make_test_image
 
 pytestmark = pytest.mark.host
 
@@ -36,25 +36,7 @@ def engine(host, checkpoint_dir, tmp_path_factory):
 
 
 def prompt(ckpt: str, target: str = "a tiger sitting on a table") -> dict:
-    source = "a cat sitting on a table"
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": source, "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-        "4": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
-        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "NTP_DDIMInvert", "inputs": {"model": ["1", 0], "source": ["2", 0], "latent": ["5", 0], "steps": 4}},
-        "7": {"class_type": "NTP_NullTextOptimize", "inputs": {"model": ["1", 0], "source": ["2", 0], "null": ["3", 0],
-                                                           "inversion": ["6", 0], "guidance": 7.5, "inner_steps": 2, "epsilon": 1e-5}},
-        "8": {"class_type": "NTP_AttentionController", "inputs": {
-            "clip": ["1", 1], "source_prompt": source, "target_prompts": target, "mode": "replace",
-            "cross_replace": 0.8, "self_replace": 0.5, "word_windows": "", "reweight": "tiger=2", "blend_words": "cat, tiger",
-            "blend_threshold": 0.3, "blend_start": 0.2}},
-        "9": {"class_type": "NTP_EditedSample", "inputs": {"model": ["1", 0], "inversion": ["6", 0], "null_embeddings": ["7", 0],
-                                                        "source": ["2", 0], "guidance": 7.5, "target": ["8", 2], "control": ["8", 0]}},
-        "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
-        "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "ntp_graph"}},
-    }
+    return edit_graph({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}, target=target)
 
 
 def run(execution, api_prompt: dict):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ServerStub, encode, image_latent, make_test_image, mse
+from helpers import ServerStub, blend_regions, edit_graph, encode, image_latent, make_test_image, mse
 
 pytestmark = pytest.mark.host
 
@@ -173,7 +173,6 @@ def test_prompt_to_prompt_patches_both_transformer_blocks_of_sdxl_layers(sdxl):
 
 
 def test_local_blend_at_sdxl_layers(tiny_sdxl):
-    from nulltext_p2p.nodes.attention_controller import build_edit
     from nulltext_p2p.nodes.ddim_invert import run_inversion
     from nulltext_p2p.nodes.edited_sample import run_edit
     from nulltext_p2p.nodes.null_text_optimize import run_null_text
@@ -187,10 +186,7 @@ def test_local_blend_at_sdxl_layers(tiny_sdxl):
     with torch.inference_mode():
         out, stats = run_edit(model, inv, value, source, tgt, control, 7.5, preview=False)
     assert stats.map_hw == (8, 8)
-    mask = build_edit(control, inv.steps).blend_mask(stats.cross_maps.unsqueeze(1), (32, 32))[1, 0].bool()
-    frac = float(mask.float().mean())
-    outside = float((out[1] - out[0]).abs()[:, ~mask].max()) if (~mask).any() else 0.0
-    inside = float((out[1] - out[0]).abs()[:, mask].max()) if mask.any() else 0.0
+    frac, outside, inside = blend_regions(out, stats.cross_maps, control, inv.steps, (32, 32))
     print(f"SDXL local blend: mask covers {frac:.2%}; max |edit - source| outside {outside:.2e}, inside {inside:.2e}")
     assert 0.05 < frac < 0.95
     assert outside < 1e-5
@@ -264,24 +260,7 @@ def test_sdxl_graph_runs_through_the_execution_engine(host, tmp_path):
     folder_paths.set_output_directory(str(tmp_path / "output"))
     os.makedirs(tmp_path / "input", exist_ok=True)
     Image.fromarray((make_test_image(128, 192)[0].numpy() * 255).astype(np.uint8)).save(tmp_path / "input" / "photo.png")
-    api = {
-        "1": {"class_type": "NTPTest_TinySDXLLoader", "inputs": {"seed": 0}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": SOURCE, "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-        "4": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
-        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "NTP_DDIMInvert", "inputs": {"model": ["1", 0], "source": ["2", 0], "latent": ["5", 0], "steps": 4}},
-        "7": {"class_type": "NTP_NullTextOptimize", "inputs": {"model": ["1", 0], "source": ["2", 0], "null": ["3", 0],
-                                                           "inversion": ["6", 0], "guidance": 7.5, "inner_steps": 2, "epsilon": 1e-5}},
-        "8": {"class_type": "NTP_AttentionController", "inputs": {
-            "clip": ["1", 1], "source_prompt": SOURCE, "target_prompts": TARGET, "mode": "replace",
-            "cross_replace": 0.8, "self_replace": 0.5, "word_windows": "", "reweight": "tiger=2",
-            "blend_words": "cat, tiger", "blend_threshold": 0.3, "blend_start": 0.2}},
-        "9": {"class_type": "NTP_EditedSample", "inputs": {"model": ["1", 0], "inversion": ["6", 0], "null_embeddings": ["7", 0],
-                                                        "source": ["2", 0], "guidance": 7.5, "target": ["8", 2], "control": ["8", 0]}},
-        "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
-        "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "ntp_sdxl"}},
-    }
+    api = edit_graph({"class_type": "NTPTest_TinySDXLLoader", "inputs": {"seed": 0}}, SOURCE, TARGET, "ntp_sdxl")
     nodes.NODE_CLASS_MAPPINGS["NTPTest_TinySDXLLoader"] = TinySDXLLoader
     try:
         valid = asyncio.run(execution.validate_prompt("test", api, None))
