@@ -194,6 +194,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="time ours and the reference this many times each, in alternating order, and report the "
                          "median (CPU timings vary by ~10%% from run to run)")
+    ap.add_argument("--flush-denormal", action="store_true",
+                    help="flush denormal floats to zero on the CPU (torch.set_flush_denormal): random weights can "
+                         "produce denormal gradients whose slow arithmetic inflates CPU timings")
     ap.add_argument("--precision", action="append", default=[], choices=["fp16", "bf16"],
                     help="also run null-text with the model in this dtype (embedding stays fp32)")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
@@ -242,6 +245,8 @@ def main(argv=None) -> int:
         return comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=True, output_clip=True,
                                                      embedding_directory=None, model_options=opts)[:3]
 
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        print("bench: this CPU cannot flush denormals; timings as without --flush-denormal")
     model, clip, vae = load()
     from nulltext_p2p.host.unet import check_model_family
 
@@ -397,6 +402,7 @@ def main(argv=None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "torch": torch.__version__, "device": str(comfy_mm.get_torch_device())},
         "settings": {"steps": steps, "size": size, "inner": args.inner, "guidance": args.guidance,
+                     "flush_denormal": bool(args.flush_denormal), "repeat": args.repeat,
                      "checkpoint": model_name},
         "phases": rows,
     }
