@@ -13,6 +13,7 @@ import math
 from typing import Iterator, Optional
 
 import torch
+import torch.utils.checkpoint
 
 import comfy.latent_formats
 import comfy.model_base
@@ -90,6 +91,38 @@ def grad_capable_weights(module: torch.nn.Module) -> Iterator[None]:
             store[name] = t
         for t in frozen:
             t.requires_grad_(True)
+
+
+@contextlib.contextmanager
+def recomputed_transformers(diffusion_model: torch.nn.Module, enabled: bool = True) -> Iterator[int]:
+    """Gradient checkpointing of every ``SpatialTransformer`` of the UNet while the block is open.
+
+    Under autograd each transformer keeps only its input; its attention and feed-forward activations are
+    recomputed during the backward pass (``torch.utils.checkpoint``, non-reentrant). The arithmetic is the same,
+    so results are unchanged; the backward costs about one more transformer forward. Forwards without gradients
+    run as usual. The modules are restored on exit (also on errors and Cancel). Yields the number of blocks.
+    """
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    blocks = [m for m in diffusion_model.modules() if isinstance(m, SpatialTransformer)] if enabled else []
+
+    def recomputed(module: torch.nn.Module):
+        plain = type(module).forward.__get__(module)
+
+        def forward(x, context=None, transformer_options={}):
+            if not torch.is_grad_enabled():
+                return plain(x, context=context, transformer_options=transformer_options)
+            return torch.utils.checkpoint.checkpoint(plain, x, context=context, transformer_options=transformer_options,
+                                                     use_reentrant=False)
+        return forward
+
+    try:
+        for m in blocks:
+            m.forward = recomputed(m)
+        yield len(blocks)
+    finally:
+        for m in blocks:
+            m.__dict__.pop("forward", None)
 
 
 class HostUNet:

@@ -12,7 +12,7 @@ from ..core.null_text import NullTextSettings, optimize_null_embeddings
 from ..core.values import Inversion, NullEmbeddings
 from ..host.errors import NodeInputError
 from ..host.text_condition import text_condition
-from ..host.unet import HostUNet, grad_capable_weights, load_model
+from ..host.unet import HostUNet, grad_capable_weights, load_model, recomputed_transformers
 from . import types
 from .common import check_guidance, checked_source, interrupt_check
 
@@ -20,7 +20,7 @@ NODE = "Null-Text Optimize"
 
 
 def run_null_text(model, source, null, inversion: Inversion, guidance: float, inner_steps: int, epsilon: float,
-                  node: str = NODE) -> tuple[NullEmbeddings, torch.Tensor]:
+                  node: str = NODE, memory_saving: bool = False) -> tuple[NullEmbeddings, torch.Tensor]:
     """Optimise the per-step null embeddings; returns them and the reconstruction latent (model space)."""
     cond = checked_source(model, inversion, source, node)
     null_emb = text_condition(model, null, node, "null")
@@ -38,7 +38,8 @@ def run_null_text(model, source, null, inversion: Inversion, guidance: float, in
         interrupt_check()
 
     interrupt_check()
-    with grad_capable_weights(model.model), torch.inference_mode(False):
+    with grad_capable_weights(model.model), recomputed_transformers(model.model.diffusion_model, memory_saving), \
+            torch.inference_mode(False):
         device = unet.device
         trajectory = inversion.latents.to(device).clone()
         result = optimize_null_embeddings(
@@ -75,6 +76,7 @@ class NullTextOptimize(io.ComfyNode):
                 io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale to reconstruct (and later edit) with. 7.5 in the paper; Edited Sample should use the same."),
                 io.Int.Input("inner_steps", default=10, min=0, max=100, tooltip="Adam iterations per DDIM step at most (10 in the paper). Fewer is faster and reconstructs less exactly."),
                 io.Float.Input("epsilon", default=1e-5, min=0.0, max=1.0, step=1e-6, round=1e-7, tooltip="Early stop: a step stops when its loss falls below epsilon + step x 2e-5 (1e-5 in the paper). Larger is faster."),
+                io.Boolean.Input("memory_saving", default=False, optional=True, tooltip="Recompute the UNet's transformer activations during the backward pass instead of keeping them (gradient checkpointing): far less memory for SDXL and large images, slower, the same result. Turn on when the optimisation runs out of GPU memory."),
             ],
             outputs=[
                 io.Custom("NTP_NULL_EMBEDDINGS").Output("null_embeddings", display_name="null_embeddings", tooltip="One optimised unconditional embedding per DDIM step, tied to this inversion."),
@@ -83,8 +85,9 @@ class NullTextOptimize(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, source, null, inversion, guidance, inner_steps, epsilon) -> io.NodeOutput:
-        value, final = run_null_text(model, source, null, inversion, guidance, inner_steps, epsilon)
+    def execute(cls, model, source, null, inversion, guidance, inner_steps, epsilon, memory_saving=False) -> io.NodeOutput:
+        value, final = run_null_text(model, source, null, inversion, guidance, inner_steps, epsilon,
+                                     memory_saving=bool(memory_saving))
         recon = {"samples": model.model.process_latent_out(final)}
         return io.NodeOutput(value, recon, ui={"text": [
             f"{value.total_iterations} inner iterations over {value.steps} steps; last loss {value.losses[-1]:.3g}"]})

@@ -91,3 +91,56 @@ def test_input_model_unchanged_by_optimisation(optimised, tiny_model):
     assert [p.requires_grad for p in params] == build_pipeline(tiny_model)[7]
     assert model.model_options.get("transformer_options", {}).get("patches_replace") is None
     assert not model.wrappers
+
+
+def saved_activation_bytes(unet, x, t, context) -> int:
+    """Bytes autograd keeps for the backward of one unconditional evaluation (distinct storages, weights and
+    buffers excluded: they are in memory anyway)."""
+    seen: dict[int, int] = {}
+    weights = {w.untyped_storage().data_ptr() for w in unet.base.diffusion_model.state_dict(keep_vars=True).values()}
+
+    def pack(t_):
+        if isinstance(t_, torch.Tensor) and t_.untyped_storage().data_ptr() not in weights:
+            seen[t_.untyped_storage().data_ptr()] = t_.untyped_storage().nbytes()
+        return t_
+
+    ctx = context.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t_: t_):
+        out = unet.eps(x, t, ctx, 1)
+    out.pow(2).mean().backward()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_memory_saving_keeps_the_result_and_less_activation_memory(family, tiny_model, tiny_sdxl):
+    from helpers import encode, image_latent
+    from nulltext_p2p.host.text_condition import text_condition
+    from nulltext_p2p.host.unet import HostUNet, grad_capable_weights, recomputed_transformers
+    from nulltext_p2p.nodes.ddim_invert import run_inversion
+    from nulltext_p2p.nodes.null_text_optimize import run_null_text
+
+    model, clip, _ = tiny_model if family == "sd1" else tiny_sdxl
+    source, null = encode(clip, "a cat sitting on a table"), encode(clip, "")
+    with torch.inference_mode():
+        inv = run_inversion(model, source, image_latent(model, 32, 32), 3)
+        plain, final_plain = run_null_text(model, source, null, inv, GUIDANCE, 3, 1e-5)
+        saving, final_saving = run_null_text(model, source, null, inv, GUIDANCE, 3, 1e-5, memory_saving=True)
+    d_emb = float((plain.embeddings - saving.embeddings).abs().max())
+    d_final = float((final_plain - final_saving).abs().max())
+    assert plain.iterations == saving.iterations
+
+    unet = HostUNet(model)
+    null_c = text_condition(model, null, "Test", "null")
+    x = inv.latents[2].clone()
+    t = inv.schedule.timesteps[0]
+    with grad_capable_weights(model.model):
+        kept = saved_activation_bytes(unet, x, t, null_c)
+        with recomputed_transformers(model.model.diffusion_model) as n_blocks:
+            recomputed = saved_activation_bytes(unet, x, t, null_c)
+    print(f"{family} 32x32 latent: activations kept for backward {kept / 2**20:.1f} MiB -> {recomputed / 2**20:.1f} MiB "
+          f"with memory_saving ({n_blocks} transformers recomputed); max |diff| embeddings {d_emb:.1e}, "
+          f"reconstruction {d_final:.1e}")
+    assert d_emb == 0.0 and d_final == 0.0
+    assert recomputed < 0.5 * kept
+    blocks = [m for m in model.model.diffusion_model.modules() if type(m).__name__ == "SpatialTransformer"]
+    assert blocks and all("forward" not in vars(m) for m in blocks)  # the shared model is restored
