@@ -328,9 +328,10 @@ def main(argv=None) -> int:
                 state[id(m)] = run_inversion(m, source, latent, steps)
         return state[id(m)]
 
-    def ours(inner=args.inner, eps=1e-5, m=model, m_inv=None):
+    def ours(inner=args.inner, eps=1e-5, m=model, m_inv=None, memory_saving=False):
         with torch.inference_mode():  # as ComfyUI runs nodes
-            value, final = run_null_text(m, source, null, m_inv or inv, args.guidance, inner, eps)
+            value, final = run_null_text(m, source, null, m_inv or inv, args.guidance, inner, eps,
+                                         memory_saving=memory_saving)
         state.setdefault("values", {})[(inner, eps)] = value
         return {"recon": final, "iterations": value.iterations, "value": value}
 
@@ -373,6 +374,8 @@ def main(argv=None) -> int:
                        args.repeat)
     phase("null-text inner_steps=5", lambda: ours(5), z0, "named option: fewer inner steps")
     phase("null-text epsilon=1e-3", lambda: ours(args.inner, 1e-3), z0, "named option: looser early stop")
+    phase("null-text memory_saving", lambda: ours(memory_saving=True), z0,
+          "named option: transformer activations recomputed in backward (same result)")
     for prec in args.precision:
         dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[prec]
         m_lp = load(dt)[0]
