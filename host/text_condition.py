@@ -25,7 +25,7 @@ import comfy.model_base
 
 from .errors import NodeInputError
 
-#: Conditioning keys that change SDXL's size embeddings; this pack supports the defaults only (see ``check``).
+#: Conditioning keys that change SDXL's size embeddings; this pack supports the defaults only (see ``text_condition``).
 SIZE_KEYS = ("width", "height", "crop_w", "crop_h", "target_width", "target_height")
 
 #: SDXL's ADM vector is the pooled text vector followed by six 256-wide size embeddings (``encode_adm``).
@@ -56,11 +56,6 @@ def unpack(packed: torch.Tensor, dim: int) -> tuple[torch.Tensor, Optional[torch
     if dim == 0:
         return packed, None
     return packed[:, :-1], packed[:, -1, :dim]
-
-
-def tokens_of(packed: torch.Tensor, dim: int) -> torch.Tensor:
-    """The token embeddings of a (possibly) packed condition."""
-    return unpack(packed, dim)[0]
 
 
 def conditioning_tensor(conditioning, node: str, input_name: str) -> torch.Tensor:

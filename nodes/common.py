@@ -12,7 +12,7 @@ import comfy.utils
 from ..core.values import Inversion, tensor_fingerprint
 from ..host.errors import NodeInputError
 from ..host.model_fingerprint import model_fingerprint
-from ..host.text_condition import pooled_dim, text_condition, tokens_of
+from ..host.text_condition import text_condition
 from ..host.unet import check_model_family
 
 
@@ -84,8 +84,3 @@ def checked_source(model, inversion, source, node: str) -> torch.Tensor:
     emb = text_condition(model, source, node, "source")
     check_source_matches(emb, inversion, node)
     return emb
-
-
-def source_tokens(model, emb: torch.Tensor) -> torch.Tensor:
-    """The token embeddings of a condition from ``text_condition`` (without SDXL's pooled row)."""
-    return tokens_of(emb, pooled_dim(model))
