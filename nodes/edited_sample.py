@@ -18,7 +18,7 @@ from ..core.values import AttentionControl, EditResult, Inversion, NullEmbedding
 from ..host.attention_patch import P2PAttentionPatch
 from ..host.edit_sampler import WRAPPER_KEY, NullEmbeddingWrapper, ddim_sampler, sample_from_inversion
 from ..host.errors import NodeInputError
-from ..host.text_condition import pooled_dim, to_conditioning, unpack
+from ..host.text_condition import pack, pooled_dim, to_conditioning, unpack
 from ..host.unet import load_model
 from ..host.unet_layers import attention_layers, blend_downsample
 from . import types
@@ -45,7 +45,7 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
     """Returns the model-space latent batch [reconstruction, edit 1, ...] and attention statistics."""
     src_packed = checked_source(model, inversion, source, node)
     dim = pooled_dim(model)
-    src, src_pooled = unpack(src_packed, dim)
+    src = unpack(src_packed, dim)[0]  # the token rows
     check_null_embeddings(null, inversion, node)
     check_guidance(guidance, node, "use the guidance of Null-Text Optimize (7.5).")
     if not math.isclose(guidance, null.guidance, rel_tol=1e-6):
@@ -107,11 +107,8 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
         return x
 
     needs_hook = offsets is not None or (edit is not None and edit.has_blend)
-    rows = [src] if tgt is None else [src, tgt.to(src.device, src.dtype)]
-    positive = [[torch.cat(rows), {}]]
-    if dim:
-        pooled_rows = [src_pooled] if tgt is None else [src_pooled, tgt_pooled.to(src_pooled.device, src_pooled.dtype)]
-        positive[0][1]["pooled_output"] = torch.cat(pooled_rows)
+    rows = [src_packed] if tgt is None else [src_packed, pack(tgt.to(src.device, src.dtype), tgt_pooled, dim)]
+    positive = to_conditioning(torch.cat(rows), dim)
     negative = to_conditioning(null.embeddings[0].clone(), dim)
     x_T = inversion.x_T.repeat(n_prompts, 1, 1, 1)
     callback = latent_preview.prepare_callback(patcher, schedule.steps) if preview else None
