@@ -81,3 +81,14 @@ def blend_regions(out: torch.Tensor, cross_maps: torch.Tensor, control, steps: i
     outside = float((out[1] - out[0]).abs()[:, ~mask].max()) if (~mask).any() else 0.0
     inside = float((out[1] - out[0]).abs()[:, mask].max()) if mask.any() else 0.0
     return float(mask.float().mean()), outside, inside
+
+
+def control_for(clip, target: str, source: str = "a cat sitting on a table", **kw):
+    """``build_control`` (Attention Controller) with the paper's defaults (replace, cross 0.8, self 0.5, blend
+    threshold 0.3 from 0.2, no reweight/blend words); ``kw`` overrides any of them."""
+    from nulltext_p2p.nodes.attention_controller import build_control
+
+    args = dict(mode="replace", cross_replace=0.8, self_replace=0.5, word_windows="", reweight="", blend_words="",
+                blend_threshold=0.3, blend_start=0.2)
+    args.update(kw)
+    return build_control(clip, source, target, **args)

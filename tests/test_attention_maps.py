@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import control_for
+
 SOURCE = "a cat sitting on a table"
 TARGET = "a tiger sitting on a table"
 
@@ -109,12 +111,7 @@ def test_heat_tiles_any_aspect_ratio_and_overlay():
 # With the host: real Edited Sample runs, square and non-square
 # ------------------------------------------------------------------------------------------------------------
 def _control(clip, target=TARGET, **kw):
-    from nulltext_p2p.nodes.attention_controller import build_control
-
-    args = dict(mode="replace", cross_replace=0.8, self_replace=0.5, word_windows="", reweight="", blend_words="",
-                blend_threshold=0.3, blend_start=0.2)
-    args.update(kw)
-    return build_control(clip, SOURCE, target, **args)
+    return control_for(clip, target, SOURCE, **kw)
 
 
 def _unoptimised_null(inv, null_cond):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import blend_regions, encode, image_latent, mse
+from helpers import blend_regions, control_for, encode, image_latent, mse
 from pipeline import build_pipeline
 
 pytestmark = pytest.mark.host
@@ -17,15 +17,6 @@ TARGET = "a tiger sitting on a table"
 @pytest.fixture(scope="module")
 def pipeline(tiny_model):
     return build_pipeline(tiny_model)[:7]
-
-
-def control_for(clip, target: str, **kw):
-    from nulltext_p2p.nodes.attention_controller import build_control
-
-    args = dict(mode="replace", cross_replace=0.8, self_replace=0.5, word_windows="", reweight="", blend_words="",
-                blend_threshold=0.3, blend_start=0.2)
-    args.update(kw)
-    return build_control(clip, SOURCE, target, **args)
 
 
 def edit(pipeline, target_cond=None, control=None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import encode, image_latent
+from helpers import control_for, encode, image_latent
 from pipeline import build_pipeline
 
 pytestmark = pytest.mark.host
@@ -81,10 +81,7 @@ def test_controller_words_and_counts(pipeline):
     model, clip, *_ = pipeline
 
     def control(target, **kw):
-        args = dict(mode="replace", cross_replace=0.8, self_replace=0.5, word_windows="", reweight="", blend_words="",
-                    blend_threshold=0.3, blend_start=0.2)
-        args.update(kw)
-        return build_control(clip, "a cat sitting on a table", target, **args)
+        return control_for(clip, target, "a cat sitting on a table", **kw)
 
     with pytest.raises(NodeInputError) as e:
         control("a tiger sitting on a table", reweight="zebra=2")

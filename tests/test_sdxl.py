@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ServerStub, blend_regions, edit_graph, encode, image_latent, make_test_image, mse
+from helpers import ServerStub, blend_regions, control_for, edit_graph, encode, image_latent, make_test_image, mse
 
 pytestmark = pytest.mark.host
 
@@ -34,15 +34,6 @@ def sdxl(tiny_sdxl):
         inv = run_inversion(model, source, image_latent(model, H, W), STEPS)
         value, final = run_null_text(model, source, null, inv, 7.5, 10, 1e-5)
     return SimpleNamespace(model=model, clip=clip, vae=vae, source=source, null=null, inv=inv, value=value, final=final)
-
-
-def control_for(clip, target: str, **kw):
-    from nulltext_p2p.nodes.attention_controller import build_control
-
-    args = dict(mode="replace", cross_replace=0.8, self_replace=0.5, word_windows="", reweight="", blend_words="",
-                blend_threshold=0.3, blend_start=0.2)
-    args.update(kw)
-    return build_control(clip, SOURCE, target, **args)
 
 
 def test_sdxl_is_accepted_and_its_condition_carries_the_pooled_vector(sdxl):
@@ -256,6 +247,7 @@ def test_sdxl_graph_runs_through_the_execution_engine(host, tmp_path):
     from nulltext_p2p.runner.host import init_nodes, setup_host
 
     asyncio.run(init_nodes(setup_host(host.path, cpu=True)))
+    folders = folder_paths.get_input_directory(), folder_paths.get_output_directory()
     folder_paths.set_input_directory(str(tmp_path / "input"))
     folder_paths.set_output_directory(str(tmp_path / "output"))
     os.makedirs(tmp_path / "input", exist_ok=True)
@@ -269,6 +261,8 @@ def test_sdxl_graph_runs_through_the_execution_engine(host, tmp_path):
         executor.execute(api, "sdxl-prompt", {}, valid[2])
     finally:
         del nodes.NODE_CLASS_MAPPINGS["NTPTest_TinySDXLLoader"]
+        folder_paths.set_input_directory(folders[0])
+        folder_paths.set_output_directory(folders[1])
     errors = [d for e, d in executor.status_messages if e == "execution_error"]
     assert executor.success, errors
     images = executor.history_result["outputs"]["11"]["images"]
