@@ -124,6 +124,21 @@ class PeakMemory:
                 out["peak_gpu_mib"] = round(self.torch.cuda.max_memory_allocated() / 2 ** 20, 1)
 
 
+@contextmanager
+def weights_require_grad(module):
+    """As a diffusers UNet (the reference's setting): every weight requires grad inside the block; afterwards the
+    flags are as before and the accumulated gradients are dropped."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+            p.grad = None
+
+
 def warm_up(model, source, null, latent, guidance: float, weight_grads: bool = True) -> None:
     """One untimed pass of every kind of work, so no timed phase pays first-call costs (allocator pools, kernel
     selection): a 2-step inversion, null-text for 2 steps x 2 iterations, and a forward+backward with weight
@@ -135,21 +150,12 @@ def warm_up(model, source, null, latent, guidance: float, weight_grads: bool = T
     with torch.inference_mode():
         inv = run_inversion(model, source, latent, 2)
         run_null_text(model, source, null, inv, guidance, 2, 0.0)
-    if not weight_grads:
-        print("bench: warm-up done (untimed)", flush=True)
-        return
-    diffusion = model.model.diffusion_model
-    flags = [(p, p.requires_grad) for p in diffusion.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(True)
-        x = inv.latents[-1].to(model.load_device).clone()
-        t = torch.full((1,), 500.0, device=x.device)
-        diffusion(x, timesteps=t, context=source[0][0].to(x.device).clone()).float().pow(2).mean().backward()
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-            p.grad = None
+    if weight_grads:
+        diffusion = model.model.diffusion_model
+        with weights_require_grad(diffusion):
+            x = inv.latents[-1].to(model.load_device).clone()
+            t = torch.full((1,), 500.0, device=x.device)
+            diffusion(x, timesteps=t, context=source[0][0].to(x.device).clone()).float().pow(2).mean().backward()
     print("bench: warm-up done (untimed)", flush=True)
 
 
@@ -195,8 +201,8 @@ def main(argv=None) -> int:
                     help="time ours and the reference this many times each, in alternating order, and report the "
                          "median (CPU timings vary by ~10%% from run to run)")
     ap.add_argument("--flush-denormal", action="store_true",
-                    help="flush denormal floats to zero on the CPU (torch.set_flush_denormal): random weights can "
-                         "produce denormal gradients whose slow arithmetic inflates CPU timings")
+                    help="flush denormal floats to zero on the CPU (torch.set_flush_denormal), to check whether "
+                         "denormal arithmetic affects CPU timings (it made no clear difference on the tiny model)")
     ap.add_argument("--precision", action="append", default=[], choices=["fp16", "bf16"],
                     help="also run null-text with the model in this dtype (embedding stays fp32)")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
@@ -341,13 +347,9 @@ def main(argv=None) -> int:
         from reference_nti import ReferenceNullInversion
 
         diffusion = model.model.diffusion_model
-        ref_params = {}
 
         def reference():
-            for n, p in diffusion.named_parameters():  # as a diffusers UNet: weights require grad
-                ref_params[n] = p.requires_grad
-                p.requires_grad_(True)
-            try:
+            with weights_require_grad(diffusion):
                 def raw_unet(x, t, ctx):
                     tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
                     return diffusion(x, timesteps=tt, context=ctx.expand(x.shape[0], -1, -1) if ctx.shape[0] == 1 else ctx)
@@ -357,10 +359,6 @@ def main(argv=None) -> int:
                 traj = [z.to(dev) for z in inv.latents]
                 embs, iters, final = ref.null_optimization(traj, null[0][0].to(dev), source[0][0].to(dev), args.inner, 1e-5)
                 return {"recon": final.detach(), "iterations": iters, "embs": torch.stack(embs)}
-            finally:
-                for n, p in diffusion.named_parameters():
-                    p.requires_grad_(ref_params[n])
-                    p.grad = None
 
         r_ref = phase("null-text (authors' reference)", reference, z0, "weight grads, cond recomputed")
         delta = r_ours["value"].embeddings.to(r_ref["embs"].device) - r_ref["embs"]
