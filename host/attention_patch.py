@@ -90,8 +90,11 @@ class P2PAttentionPatch:
         return [slice(i * chunk, (i + 1) * chunk) for i, c in enumerate(cou) if c == 0]
 
     def _default(self, q, k, v, extra_options):
+        # transformer_options: the host's attention override (optimized_attention_override) and kernels that read
+        # them apply to patched layers too (both hosts accept the keyword; 0.33 needs it for the new kernels).
         return host_attention.optimized_attention(q, k, v, extra_options["n_heads"],
-                                                  attn_precision=extra_options.get("attn_precision"))
+                                                  attn_precision=extra_options.get("attn_precision"),
+                                                  transformer_options=extra_options)
 
     def cross(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         step = self.step_of(extra_options)

@@ -21,6 +21,7 @@ import comfy.model_management
 import comfy.model_sampling
 import comfy.patcher_extension
 
+from .compat import InferenceTensorsCloned, is_dynamic_patcher
 from .errors import NodeInputError
 from .text_condition import pooled_dim, unpack
 
@@ -61,31 +62,49 @@ def alphas_cumprod(patcher) -> torch.Tensor:
     return 1.0 / (1.0 + sig * sig)
 
 
+def weights_made_per_call(patcher) -> bool:
+    """True where the layers may compute with weight tensors made at call time rather than with their parameters:
+    dynamic VRAM (``compat.is_dynamic_patcher``) or weight functions (weight wrappers, low-VRAM LoRA patches) on a
+    loaded model."""
+    if is_dynamic_patcher(patcher):
+        return True
+    return any(getattr(m, "weight_function", None) or getattr(m, "bias_function", None)
+               for m in patcher.model.diffusion_model.modules())
+
+
 @contextlib.contextmanager
-def grad_capable_weights(module: torch.nn.Module) -> Iterator[None]:
-    """Temporarily swap inference-mode parameters/buffers for ordinary clones (no grad) so autograd can save them.
+def grad_capable_weights(patcher) -> Iterator[None]:
+    """Let autograd run through a loaded model whose weights were made under ``torch.inference_mode``; no weight
+    gradients are ever computed.
 
     ComfyUI runs nodes under ``torch.inference_mode()`` and loads weights there, and inference tensors cannot be
-    saved for backward. The originals (LoRA-patched weights included) are put back on exit, also on errors and
-    Cancel, so the shared model is left exactly as it was.
+    saved for backward. The plain patcher's inference-mode parameters/buffers are swapped for ordinary clones (one
+    copy, made once); the originals (LoRA-patched weights included) are put back on exit, also on errors and Cancel,
+    so the shared model is left exactly as it was. Where layers take their weights from tensors made per call
+    (``weights_made_per_call``; under dynamic VRAM the parameters are not what the layers use, so they are not
+    swapped), every inference tensor reaching a torch function is cloned as well (``InferenceTensorsCloned``).
     """
+    per_call = weights_made_per_call(patcher)
+    swap = not is_dynamic_patcher(patcher)
     swapped: list[tuple[dict, str, torch.Tensor]] = []
     frozen: list[torch.Tensor] = []
     try:
         with torch.inference_mode(False):
-            for mod in module.modules():
+            for mod in patcher.model.modules():
                 for store in (mod._parameters, mod._buffers):
                     for name, t in list(store.items()):
                         if t is None:
                             continue
                         if t.is_inference():
-                            clone = t.detach().clone()
-                            store[name] = torch.nn.Parameter(clone, requires_grad=False) if isinstance(t, torch.nn.Parameter) else clone
-                            swapped.append((store, name, t))
+                            if swap:
+                                clone = t.detach().clone()
+                                store[name] = torch.nn.Parameter(clone, requires_grad=False) if isinstance(t, torch.nn.Parameter) else clone
+                                swapped.append((store, name, t))
                         elif t.requires_grad:  # weights loaded outside inference mode: never compute their gradients
                             t.requires_grad_(False)
                             frozen.append(t)
-        yield
+        with InferenceTensorsCloned() if per_call else contextlib.nullcontext():
+            yield
     finally:
         for store, name, t in reversed(swapped):
             store[name] = t

@@ -16,6 +16,7 @@ from comfy_api.latest import io
 from ..core.prompt_tokens import PromptError
 from ..core.values import AttentionControl, EditResult, Inversion, NullEmbeddings
 from ..host.attention_patch import P2PAttentionPatch
+from ..host.compat import multigpu_device_count
 from ..host.edit_sampler import WRAPPER_KEY, NullEmbeddingWrapper, ddim_sampler, sample_from_inversion
 from ..host.errors import NodeInputError
 from ..host.text_condition import pack, pooled_dim, to_conditioning, unpack
@@ -76,6 +77,10 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
                                  "type exactly the inversion's caption as the controller's source_prompt (or feed its 'source' output to DDIM Invert).")
     n_prompts = 1 + (0 if tgt is None else tgt.shape[0])
     schedule = inversion.schedule
+    if multigpu_device_count(model):
+        raise NodeInputError(node, "model", "this model spreads its sampling batch over several GPUs (MultiGPU node), "
+                             "so the source and edited prompts would be split across devices.",
+                             "connect the model without the MultiGPU node to Edited Sample.")
 
     load_model(model)
     patcher = model.clone()

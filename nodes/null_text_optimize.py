@@ -38,7 +38,7 @@ def run_null_text(model, source, null, inversion: Inversion, guidance: float, in
         interrupt_check()
 
     interrupt_check()
-    with grad_capable_weights(model.model), recomputed_transformers(model.model.diffusion_model, memory_saving), \
+    with grad_capable_weights(model), recomputed_transformers(model.model.diffusion_model, memory_saving), \
             torch.inference_mode(False):
         device = unet.device
         trajectory = inversion.latents.to(device).clone()

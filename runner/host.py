@@ -20,6 +20,11 @@ from typing import Any, Callable, Iterator, Optional
 
 from .errors import ExecutionError, HostNotFoundError, UsageError, ValidationError
 
+try:  # as a subpackage of the pack (nulltext_p2p.runner: the tests, `python -m <pack>.runner`)
+    from ..host import compat
+except ImportError:  # `python -m runner` from the pack folder, which is sys.path[0] until setup_host drops it
+    from host import compat  # type: ignore[no-redef]
+
 PACK_ROOT = Path(os.path.abspath(__file__)).parent.parent
 PACK_NODE_ID = "NTP_DDIMInvert"  # one of this pack's nodes: present once the pack is loaded
 IMAGE_SUBFOLDER = "nulltext_p2p"  # --image copies land in <input>/nulltext_p2p/
@@ -433,7 +438,7 @@ class RunResult:
         """The cached outputs of a node after the run (a list per output), or None."""
         if self.executor is None:
             return None
-        return self.executor.caches.outputs.get(str(node_id))
+        return compat.cached_node_outputs(self.executor.caches.outputs, str(node_id))
 
 
 def format_validation_error(error: Optional[dict], node_errors: Optional[dict], prompt: Mapping) -> str:
@@ -514,7 +519,7 @@ async def execute_prompt(host: Host, prompt: dict, workflow: Optional[Mapping] =
         executor = None
     if executor is None:
         server = ServerStub(reporter)
-        executor = execution.PromptExecutor(server)
+        executor = compat.new_prompt_executor(execution, server)
         executor._nulltext_p2p_folders = folders
     else:
         server = executor.server

@@ -715,7 +715,9 @@ def _clip_tokenizer():
     except Exception:
         return None
     here = Path(__file__).resolve().parent.parent
+    host = os.environ.get("COMFYUI_PATH", "")
     candidates = [os.environ.get("NULLTEXT_P2P_CLIP_TOKENIZER", ""),
+                  Path(host) / "comfy" / "sd1_tokenizer" if host else "",  # the host under test
                   here.parent.parent / "comfy" / "sd1_tokenizer",  # custom_nodes/<pack> inside ComfyUI
                   Path.home() / "ComfyUI" / "comfy" / "sd1_tokenizer"]
     for c in candidates:

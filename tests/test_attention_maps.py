@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from nulltext_p2p.host.compat import new_prompt_executor
 from helpers import control_for
 
 SOURCE = "a cat sitting on a table"
@@ -246,7 +247,7 @@ def test_node_in_graph_previews_the_grid(host, checkpoint_dir, tiny_checkpoint_n
     }
     valid = asyncio.run(execution.validate_prompt("maps", api, None))
     assert valid[0], f"validation failed: {valid[1]} {valid[3]}"
-    executor = execution.PromptExecutor(ServerStub())
+    executor = new_prompt_executor(execution, ServerStub())
     executor.execute(api, "maps-prompt", {}, valid[2])
     errors = [d for e, d in executor.status_messages if e == "execution_error"]
     assert executor.success, errors

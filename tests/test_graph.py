@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from nulltext_p2p.host.compat import new_prompt_executor
 from helpers import ServerStub, edit_graph, make_test_image
 
 pytestmark = pytest.mark.host
@@ -43,7 +44,7 @@ def run(execution, api_prompt: dict):
     valid = asyncio.run(execution.validate_prompt("test", api_prompt, None))
     assert valid[0], f"validation failed: {valid[1]} {valid[3]}"
     server = ServerStub()
-    executor = execution.PromptExecutor(server)
+    executor = new_prompt_executor(execution, server)
     executor.execute(api_prompt, "test-prompt", {}, valid[2])
     return executor, server
 
@@ -78,7 +79,7 @@ def test_second_edit_reuses_the_inversion_and_nothing_stale(engine, tiny_checkpo
     from PIL import Image
 
     execution, io_dir = engine
-    executor = execution.PromptExecutor(ServerStub())
+    executor = new_prompt_executor(execution, ServerStub())
 
     def run_on(target: str):
         api = prompt(tiny_checkpoint_name, target=target)

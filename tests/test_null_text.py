@@ -133,7 +133,7 @@ def test_memory_saving_keeps_the_result_and_less_activation_memory(family, tiny_
     null_c = text_condition(model, null, "Test", "null")
     x = inv.latents[2].clone()
     t = inv.schedule.timesteps[0]
-    with grad_capable_weights(model.model):
+    with grad_capable_weights(model):
         kept = saved_activation_bytes(unet, x, t, null_c)
         with recomputed_transformers(model.model.diffusion_model) as n_blocks:
             recomputed = saved_activation_bytes(unet, x, t, null_c)

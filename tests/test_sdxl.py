@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from nulltext_p2p.host.compat import new_prompt_executor
 from helpers import ServerStub, blend_regions, control_for, edit_graph, encode, image_latent, make_test_image, mse
 
 pytestmark = pytest.mark.host
@@ -257,7 +258,7 @@ def test_sdxl_graph_runs_through_the_execution_engine(host, tmp_path):
     try:
         valid = asyncio.run(execution.validate_prompt("test", api, None))
         assert valid[0], f"validation failed: {valid[1]} {valid[3]}"
-        executor = execution.PromptExecutor(ServerStub())
+        executor = new_prompt_executor(execution, ServerStub())
         executor.execute(api, "sdxl-prompt", {}, valid[2])
     finally:
         del nodes.NODE_CLASS_MAPPINGS["NTPTest_TinySDXLLoader"]

@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from nulltext_p2p.host.compat import new_prompt_executor
 from pipeline import build_pipeline
 
 pytestmark = pytest.mark.host
@@ -358,7 +359,7 @@ def test_save_load_check_through_the_host_executor(io_nodes, tiny_model, checkpo
     def run(api):
         valid = asyncio.run(execution.validate_prompt("t", api, None))
         assert valid[0], f"{valid[1]} {valid[3]}"
-        ex = execution.PromptExecutor(ServerStub())
+        ex = new_prompt_executor(execution, ServerStub())
         ex.execute(api, "p", {}, valid[2])
         assert ex.success, [d for e, d in ex.status_messages if e == "execution_error"]
         return ex
