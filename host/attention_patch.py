@@ -3,7 +3,8 @@
 One ``P2PAttentionPatch`` object is registered with ``set_model_attn1_replace`` / ``set_model_attn2_replace``
 for every transformer block of a *cloned* ModelPatcher. It edits only the conditional rows (read from the
 host's ``cond_or_uncond``), derives the DDIM step from the sigmas (no call counters), and keeps its state when
-the host deep-copies model options (``__deepcopy__`` returns the same object).
+the host copies model options on ``clone()`` (``__deepcopy__`` returns the same object: 0.3.64 deep-copies them;
+from 0.14 on only the dicts and lists are copied, which keeps the same object anyway).
 """
 
 from __future__ import annotations
