@@ -271,9 +271,10 @@ class AttentionEdit:
         """Local-blend mask [n_prompts, 1, H, W] (float 0/1) from cross-attention maps.
 
         ``maps`` [n_prompts, n_maps, h, w, max_len]: the conditional cross-attention probabilities of the
-        chosen layers (reference: the five 16x16 layers at 512 px), all heads as separate maps, summed or
-        averaged over all steps so far including the current one (the reference passes its running sum;
-        the scale cancels in the normalisation). Reference ``LocalBlend.get_mask(use_pool=True)``: sum over the
+        chosen layers (reference: the five 16x16 layers at 512 px) after :meth:`edit_cross` (the reference's
+        store holds the edited rows as edited), all heads as separate maps, summed or averaged over all steps
+        so far including the current one (the reference passes its running sum; the scale cancels in the
+        normalisation). Reference ``LocalBlend.get_mask(use_pool=True)``: sum over the
         blend words' tokens, mean over maps, 3x3 max-pool (stride 1, pad 1), nearest resize to ``latent_hw``,
         divide by each prompt's max, ``> blend_threshold``, union with the source's mask.
         """
@@ -344,11 +345,13 @@ def build_attention_edit(
             ``num_steps + 1`` rows (reference ``get_time_words_attention_alpha``).
         word_windows: per-word windows overriding the default at that word's tokens in the edited prompts.
         self_replace: self-attention window; steps [int(num_steps*start), int(num_steps*end)).
-        reweight: (word, factor) pairs; the word's tokens in each edited prompt get their maps multiplied
-            (applied after replace/refine, like ``AttentionReweight`` with a previous controller). As in the
+        reweight: (word, factor) pairs; the word's tokens in each edited prompt get their maps multiplied, one
+            equalizer row per edit (the reference builds one from the first edited prompt for all; equal for one
+            edit), applied after replace/refine like ``AttentionReweight`` with a previous controller. As in the
             reference it only acts where ``cross_alpha`` is 1 (inside the cross-replace window). For a
             reweight-only edit use mode "replace" with the edited prompt equal to the source.
-        blend_words: local-blend words, marked in every prompt that contains them.
+        blend_words: local-blend words, marked in every prompt that contains them (the reference looks up its
+            word list i in prompt i only: equal when every prompt is given all the words).
         blend_start: blend the latents of steps >= int(blend_start * num_steps).
         blend_threshold: local-blend threshold on the max-normalised maps.
         fix_tail_alignment: see :func:`replacement_mapper` (default False = reference behaviour).

@@ -1,7 +1,8 @@
 """Attention-map pictures from an Edited Sample run, pure torch (Pillow only to draw the labels).
 
 From an :class:`~.values.EditResult` (``cross_maps[p, y, x, k]``: attention of prompt row p to text position k,
-averaged over steps, layers and heads; over k it sums to 1) this module makes:
+averaged over steps, layers and heads; edited rows after the edit; over k the source row sums to 1) this module
+makes:
 
 - :func:`word_maps`: one map per word (or per phrase given by the user) of one prompt row: the maps of the word's
   token positions summed, ``[n_words, h, w]``;

@@ -83,7 +83,8 @@ class EditResult:
 
     ``cross_maps[p, y, x, k]`` is the attention of prompt row p (0 = source/reconstruction) to text position k,
     averaged over all steps, the cross-attention layers at ``map_hw`` (a quarter of the latent size where the model
-    has such layers) and their heads; over k it sums to 1 (softmax over the 77 positions).
+    has such layers) and their heads. Edited rows hold the maps after the Prompt-to-Prompt edit (as the reference's
+    attention store does); over k the source row sums to 1, edited rows under refine or reweight need not.
     """
 
     cross_maps: Optional[torch.Tensor] = None  # [n_prompts, h, w, tokens]

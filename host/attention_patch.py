@@ -42,6 +42,9 @@ def apply_probs(probs: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tenso
 class P2PAttentionPatch:
     """Attention replacement implementing the Prompt-to-Prompt edits of an ``AttentionEdit``.
 
+    Cross-attention maps are recorded after ``edit_cross``: the edited rows hold the maps they were sampled with,
+    as in the reference (``AttentionStore.forward`` stores the tensor that ``AttentionControlEdit.forward`` then
+    edits in place), so local blend and the attention-map pictures see the edited maps.
     ``edit`` may be None: then the patch only records cross-attention maps (attention-map pictures).
     """
 
@@ -111,11 +114,11 @@ class P2PAttentionPatch:
             probs = attention_probs(q[r], k[r], heads)  # [n_prompts, heads, Q, K]
             if probs.shape[0] != self.n_prompts:
                 raise RuntimeError(f"expected {self.n_prompts} prompt rows per conditional chunk, got {probs.shape[0]}")
-            if record:
-                self._record(probs, extra_options)
             if edit_now:
                 probs = self.edit.edit_cross(probs, step)
                 out[r] = apply_probs(probs, v[r], heads)
+            if record:  # after the edit: the reference's store holds the edited rows (written into it in place)
+                self._record(probs, extra_options)
         return out
 
     def self_attn(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
@@ -144,7 +147,8 @@ class P2PAttentionPatch:
         self.map_count += probs.shape[1]
 
     def mean_maps(self) -> Optional[torch.Tensor]:
-        """Cross-attention maps averaged over recorded steps, layers and heads: [n_prompts, h, w, tokens]."""
+        """Cross-attention maps (edited rows after the edit) averaged over recorded steps, layers and heads:
+        [n_prompts, h, w, tokens]."""
         if self.map_sum is None or self.map_count == 0:
             return None
         h, w = self.map_hw

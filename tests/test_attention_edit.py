@@ -517,6 +517,30 @@ def test_reweight_per_edit_rows():
     assert (eq[0] != 1).sum() == len(t1.find("tiger")) + len(t1.find("sofa"))
 
 
+@pytest.mark.parametrize("mode,prompts", [
+    ("replace", ["a cat sitting on a sofa", "a tiger sitting on a sofa", "a tiger sitting on a bicycle"]),
+    ("refine", ["a cat sitting on a sofa", "a big tiger sitting on a sofa", "a red tiger on a sofa"]),
+])
+def test_reweight_equalizer_per_edit_matches_reference(mode, prompts):
+    """Reweight builds one equalizer per edited prompt; where the word has the same tokens in every edit that is the
+    reference's single equalizer from prompts[1], applied to all edits (cross edit checked step by step)."""
+    edit = run_both(prompts, mode, reweight=[("tiger", 2.0)])
+    ref = ref_equalizer(prompts[1], ["tiger"], [2.0])
+    assert torch.equal(edit.equalizer, ref.expand(2, L))
+
+
+def test_reweight_equalizer_follows_the_word_in_each_edit():
+    """Where the word moves in a later edit the reference's equalizer (from prompts[1]) scales other tokens there;
+    the pack's row for that edit scales the word."""
+    prompts = ["a cat sitting on a sofa", "a tiger sitting on a sofa", "a big red tiger sitting on a sofa"]
+    t2 = pt(prompts[2])
+    edit = build_attention_edit(pt(prompts[0]), [pt(p) for p in prompts[1:]], "refine", reweight=[("tiger", 2.0)])
+    ref = ref_equalizer(prompts[1], ["tiger"], [2.0])[0]
+    torch.testing.assert_close(edit.equalizer[0], ref)  # the first edit: the reference
+    assert edit.equalizer[1, t2.find("tiger")].eq(2).all() and (edit.equalizer[1] != 1).sum() == 2
+    assert ref[t2.find("big") + t2.find("red")].eq(2).all()  # the reference's row lands on "big red" in edit 2
+
+
 @pytest.mark.parametrize("mode", ["replace", "refine"])
 def test_identical_prompts_give_identity_edit(mode):
     src = "a cat sitting on a sofa"
@@ -581,6 +605,30 @@ def test_blend_matches_reference_localblend():
         got = edit.apply_blend(x_t, mask) if edit.blend_active(step) else x_t
         assert torch.equal(got, want), step
     assert [s for s in range(num_steps) if edit.blend_active(s)] == list(range(10, 50))
+
+
+@pytest.mark.parametrize("x,y,blend,ref_words", [
+    ("a cat sitting on a sofa", "a tiger sitting on a sofa", "cat, tiger", (("cat",), ("tiger",))),
+    ("a cat sitting on a sofa", "a fluffy cat sitting on a sofa", "cat", (("cat",), ("cat",))),  # cat moves 2 -> 3
+    ("a cat sitting on a sofa", "a squirrel sitting on a big bicycle", "cat, squirrel, bicycle",
+     (("cat",), ("squirrel", "bicycle"))),
+])
+def test_blend_words_in_every_prompt_match_reference(x, y, blend, ref_words):
+    """One edit: the pack's blend words, looked up in every prompt, give the reference's word-per-prompt alphas and
+    mask (the reference's usual calls name, per prompt, the blend words that prompt contains)."""
+    g = torch.Generator().manual_seed(2)
+    maps_list = [torch.rand(2 * 2, 256, L, generator=g).softmax(-1) for _ in range(5)]
+    x_t = torch.randn(2, 4, 64, 64, generator=g)
+    ref_call, alpha_layers = ref_blend([x, y], ref_words, 10, maps_list, x_t)
+    edit = build_attention_edit(pt(x), [pt(y)], "refine", num_steps=10, blend_words=parse_word_list(blend))
+    assert torch.equal(edit.word_alpha, alpha_layers.reshape(2, L))
+    maps = torch.cat([m.reshape(2, 2, 16, 16, L) for m in maps_list], dim=1)
+    want = [ref_call(x_t) for _ in range(3)][-1]  # step 3 > int(0.2 * 10): blended
+    assert edit.blend_active(2)
+    assert torch.equal(edit.apply_blend(x_t, edit.blend_mask(maps, (64, 64))), want)
+    # all blend words for every prompt: the reference call that is the pack's rule, for any number of edits
+    _, all_words = ref_blend([x, y], [tuple(parse_word_list(blend))] * 2, 10, maps_list, x_t)
+    assert torch.equal(edit.word_alpha, all_words.reshape(2, L))
 
 
 def test_blend_mask_on_known_blob():

@@ -107,6 +107,91 @@ def test_local_blend_keeps_outside_of_mask(blend_setup):
     assert inside > 1e-3
 
 
+def test_attention_patch_records_the_edited_maps(tiny_model):
+    """The patch records a cross-attention layer's conditional maps after edit_cross, as the reference's store holds
+    them (``AttentionStore.forward`` keeps the tensor that ``AttentionControlEdit.forward`` then edits in place):
+    refine "a cat ..." -> "a black cat ...", the edited row's 'cat' map (token 3) is the source's (token 2)."""
+    from nulltext_p2p.core.schedule import DDIMSchedule
+    from nulltext_p2p.host.attention_patch import P2PAttentionPatch, apply_probs, attention_probs
+    from nulltext_p2p.host.unet import alphas_cumprod
+    from nulltext_p2p.host.unet_layers import attention_layers, blend_downsample
+    from nulltext_p2p.nodes.attention_controller import build_edit
+
+    model, clip, vae = tiny_model
+    control, src_cond, tgt_cond = control_for(clip, "a black cat sitting on a table", mode="refine", blend_words="cat")
+    schedule = DDIMSchedule.from_alphas_cumprod(alphas_cumprod(model), 4)
+    edit = build_edit(control, 4)
+    layers = attention_layers(model.model.diffusion_model)
+    ds = blend_downsample(layers)
+    key = next(l.key for l in layers if l.has_cross and l.downsample == ds)
+    patch = P2PAttentionPatch(edit, schedule, 2, layers, ds)
+    g = torch.Generator().manual_seed(3)
+    heads, h, w = 2, 4, 4
+    q, k, v = (torch.randn(4, n, heads * 8, generator=g) * 2 for n in (h * w, 77, 77))  # [uncond x2, cond x2]
+    opts = {"n_heads": heads, "block": key[:2], "block_index": key[2], "cond_or_uncond": [1, 0],
+            "sigmas": schedule.sigmas()[:1].repeat(4), "activations_shape": [4, 8, h, w]}
+    out = patch.cross(q, k, v, opts)
+    before = attention_probs(q[2:], k[2:], heads)  # [2 prompts, heads, Q, 77]
+    after = edit.edit_cross(before, 0)
+    torch.testing.assert_close(out[2:], apply_probs(after, v[2:], heads), rtol=0, atol=1e-6)
+    maps = patch.mean_maps()
+    assert maps.shape == (2, h, w, 77)
+    torch.testing.assert_close(maps, after.mean(1).reshape(2, h, w, 77), rtol=0, atol=1e-7)
+    cat_s, cat_t = control.source.find("cat"), control.targets[0].find("cat")
+    assert (cat_s, cat_t) == ([2], [3])
+    assert torch.equal(maps[1, ..., cat_t], maps[0, ..., cat_s])
+    pre_edit = before.mean(1).reshape(2, h, w, 77)
+    d = float((maps[1, ..., cat_t] - pre_edit[1, ..., cat_t]).abs().max())
+    print(f"edited row 'cat' map: max |recorded - pre-edit| {d:.3e}")
+    assert d > 1e-2  # the pre-edit map (the old record) is another map
+
+
+def test_self_replace_layers_are_the_reference_ones_at_512px(tiny_model):
+    """Self-attention is replaced at the UNet levels below full resolution: at a 64x64 latent (512 px) exactly the
+    reference's layers (at most 32x32 queries); at 16x16 (128 px) the same levels, where its count takes every layer."""
+    from nulltext_p2p.core.schedule import DDIMSchedule
+    from nulltext_p2p.host.attention_patch import P2PAttentionPatch
+    from nulltext_p2p.host.unet import alphas_cumprod
+    from nulltext_p2p.host.unet_layers import attention_layers, blend_downsample
+
+    model = tiny_model[0]
+    layers = attention_layers(model.model.diffusion_model)
+    schedule = DDIMSchedule.from_alphas_cumprod(alphas_cumprod(model), 4)
+    patch = P2PAttentionPatch(None, schedule, 2, layers, blend_downsample(layers))
+    by_count = lambda side: {l.key for l in layers if (side // l.downsample) ** 2 <= 32 ** 2}
+    assert sorted({l.downsample for l in layers}) == [1, 2, 4]
+    assert patch.self_keys == by_count(64) == {l.key for l in layers if l.downsample >= 2}
+    assert by_count(16) == {l.key for l in layers} != patch.self_keys
+
+
+def test_local_blend_mask_from_the_edited_maps(blend_setup):
+    """Refine with the blend word moving (source token 2 -> target token 3) and cross replace over all steps: the
+    edited row's recorded maps are the source's through the refine mapper at every aligned token, so its local-blend
+    mask is exactly the source's (the reference's mask); built from the row's own pre-edit maps it was not."""
+    from nulltext_p2p.nodes.attention_controller import build_edit
+    from nulltext_p2p.nodes.edited_sample import run_edit
+
+    model, clip, source, inv, value = blend_setup
+    control, src_cond, tgt_cond = control_for(clip, "a black cat sitting on a table", mode="refine", cross_replace=1.0,
+                                              blend_words="cat", blend_threshold=0.9)
+    with torch.inference_mode():
+        out, stats = run_edit(model, inv, value, source, tgt_cond, control, 7.5, preview=False)
+    edit = build_edit(control, inv.steps)
+    maps = stats.cross_maps  # [2, 8, 8, 77]
+    aligned = edit.refine_alphas[0].bool()
+    assert not aligned.all()  # 'black' is new: it keeps its own map
+    assert torch.equal(maps[1][..., aligned], maps[0][..., edit.mapper[0][aligned]])
+    assert control.source.find("cat") != control.targets[0].find("cat")
+    mask = edit.blend_mask(maps.unsqueeze(1), (32, 32))
+    assert torch.equal(mask[1], mask[0])
+    frac, outside, inside = blend_regions(out, maps, control, inv.steps, (32, 32))
+    print(f"refine + blend 'cat' (moved): mask covers {frac:.2%}; max |edit - source| outside {outside:.2e}, "
+          f"inside {inside:.2e}")
+    assert 0.05 < frac < 0.95
+    assert outside < 1e-5
+    assert inside > 1e-3
+
+
 def test_input_model_unchanged_after_editing(pipeline):
     model, clip, source, null, inv, value, final = pipeline
     before = eps_probe(model, source)
