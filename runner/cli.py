@@ -20,6 +20,8 @@ examples (from the pack folder, e.g. ComfyUI/custom_nodes/nulltext-p2p):
   python -m runner run example_workflows/invert_and_reconstruct.json --image photo.jpg --cpu --output-dir out
   python -m runner convert example_workflows/refine.json -o refine_api.json
   python -m runner run example_workflows/word_swap.json --image photo.jpg --url http://127.0.0.1:8188
+  python -m runner run example_workflows/masked_edit.json --image photo.jpg \
+      --mask example_workflows/masked_edit_mask.png
 
 --set NODE.INPUT=VALUE: NODE is a node id, title ("Attention Controller"), type (NTP_AttentionController) or
 display name; VALUE is parsed to the input's type (INT, FLOAT, BOOLEAN, STRING, COMBO). In multi-line text
@@ -41,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     def common(p):
         p.add_argument("workflow", help="workflow .json (UI format; an API-format prompt works too)")
         p.add_argument("--image", metavar="PATH", help="image for every Load Image node")
+        p.add_argument("--mask", metavar="PATH", help="mask image for every Load Image (as Mask) node (e.g. "
+                                                      "example_workflows/masked_edit_mask.png)")
         p.add_argument("--checkpoint", metavar="NAME_OR_PATH",
                        help="checkpoint for every checkpoint loader: a name in models/checkpoints or a file path")
         p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
@@ -109,13 +113,14 @@ def _convert(args, log) -> int:
         base = args.url.rstrip("/")
         definitions = fetch_object_info(base)
         image_name = upload_image(base, args.image) if args.image else None
-        prompt = build_prompt(workflow, definitions, image_name, args.checkpoint, args.sets)
+        mask_name = upload_image(base, args.mask, "--mask") if args.mask else None
+        prompt = build_prompt(workflow, definitions, image_name, args.checkpoint, args.sets, mask_name)
     else:
         from .app import convert_in_process
         from .host import run_sync
 
         prompt = run_sync(convert_in_process(args.workflow, args.image, args.checkpoint, args.sets, args.comfyui,
-                                             args.input_dir, log))
+                                             args.input_dir, log, mask=args.mask))
     text = json.dumps(prompt, indent=2, ensure_ascii=False)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
@@ -133,7 +138,7 @@ def _run(args, log) -> int:
         if args.cpu or args.input_dir:
             log("note: --cpu and --input-dir apply to in-process runs only; the server keeps its own settings.")
         results = run_remote(args.url, args.workflow, args.image, args.checkpoint, args.sets, args.output_dir,
-                             args.timeout)
+                             args.timeout, mask=args.mask)
         for kind, where in results:
             print(where if kind == "output" else f"{where}  (preview, temporary)")
         return 0
@@ -149,7 +154,7 @@ def _run(args, log) -> int:
     result = run_sync(run_in_process(args.workflow, args.image, args.checkpoint, args.sets, args.comfyui,
                                      args.output_dir, args.input_dir, args.cpu, reporter, args.verbose,
                                      None if args.quiet else log,
-                                     on_prompt=show_prompt if args.print_prompt else None))
+                                     on_prompt=show_prompt if args.print_prompt else None, mask=args.mask))
     if not args.quiet:
         log(f"done in {result.seconds:.1f} s; {sum(1 for s in result.saved if s.kind == 'output')} file(s) saved:")
     for saved in result.saved:
