@@ -20,7 +20,7 @@ examples (from the pack folder, e.g. ComfyUI/custom_nodes/nulltext-p2p):
   python -m runner run example_workflows/invert_and_reconstruct.json --image photo.jpg --cpu --output-dir out
   python -m runner convert example_workflows/refine.json -o refine_api.json
   python -m runner run example_workflows/word_swap.json --image photo.jpg --url http://127.0.0.1:8188
-  python -m runner run example_workflows/masked_edit.json --image photo.jpg \
+  python -m runner run example_workflows/masked_edit.json --image photo.jpg \\
       --mask example_workflows/masked_edit_mask.png
 
 --set NODE.INPUT=VALUE: NODE is a node id, title ("Attention Controller"), type (NTP_AttentionController) or
