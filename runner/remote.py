@@ -3,6 +3,8 @@
 Requests, all to the URL the user gave: ``GET /object_info`` (the server's node definitions, for the conversion),
 ``POST /upload/image`` (only with ``--image`` / ``--mask``), ``POST /prompt``, then ``GET /history/<id>`` every second until
 the prompt is done, and ``GET /view`` to copy the results into ``--output-dir`` when one is given. urllib only.
+``batch --url`` (runner/batch.py) uses the same requests, plus ``POST /queue`` / ``POST /interrupt`` with its own
+prompt id on Ctrl-C or when a server stops answering in time.
 """
 
 from __future__ import annotations
@@ -114,6 +116,23 @@ def wait_for_history(base: str, prompt_id: str, timeout: Optional[float] = None,
             stream.flush()
             last_note = now
         time.sleep(poll)
+
+
+def fetch(base: str, item: dict) -> tuple:
+    """(HTTP status, bytes) of one output file (``GET /view``)."""
+    query = urllib.parse.urlencode({"filename": item["filename"], "subfolder": item.get("subfolder", ""),
+                                    "type": item.get("type", "output")})
+    return _request(f"{base}/view?{query}", timeout=300.0)
+
+
+def cancel_prompt(base: str, prompt_id: str) -> None:
+    """Best effort: take our prompt off the server's queue, or interrupt it if it is running (``POST /queue``
+    ``{"delete": [id]}``, ``POST /interrupt`` ``{"prompt_id": id}``: other users' prompts are not touched)."""
+    for path, payload in (("/queue", {"delete": [prompt_id]}), ("/interrupt", {"prompt_id": prompt_id})):
+        try:
+            _json(f"{base}{path}", payload, timeout=5.0)
+        except RunnerError:
+            pass
 
 
 def download(base: str, item: dict, output_dir: str) -> str:
