@@ -79,7 +79,7 @@ class NullEmbeddings:
 
 @dataclass
 class EditResult:
-    """Cross-attention statistics of one Edited Sample run (for attention-map pictures).
+    """Cross-attention statistics of one Edited Sample run (for attention-map pictures), and the edit mask it applied.
 
     ``cross_maps[p, y, x, k]`` is the attention of prompt row p (0 = source/reconstruction) to text position k,
     averaged over all steps, the cross-attention layers at ``map_hw`` (a quarter of the latent size where the model
@@ -91,6 +91,9 @@ class EditResult:
     map_hw: tuple[int, int] = (0, 0)
     latent_hw: tuple[int, int] = (0, 0)
     prompts: list = field(default_factory=list)  # PromptTokens per row when known (from the controller), else []
+    # the mask applied to the edit rows at the last step that had one ([n_edits, 1, H, W] at the latent size,
+    # core.masks): the user mask and/or the local-blend mask; None when nothing restricted the edit
+    edit_mask: Optional[torch.Tensor] = None
 
 
 @dataclass

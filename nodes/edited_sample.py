@@ -13,6 +13,7 @@ import comfy.patcher_extension
 import latent_preview
 from comfy_api.latest import io
 
+from ..core.masks import COMBINE_MODES, LATENT_SCALE, MaskError, blend_rows, combine_masks, prepare_user_mask, to_image_mask
 from ..core.prompt_tokens import PromptError
 from ..core.values import AttentionControl, EditResult, Inversion, NullEmbeddings
 from ..host.attention_patch import P2PAttentionPatch
@@ -41,9 +42,51 @@ def check_null_embeddings(null: NullEmbeddings, inversion: Inversion, node: str)
                              "connect the Null-Text Optimize that was fed this DDIM Invert's inversion.")
 
 
+def user_mask(mask, mask_combine: str, n_edits: int, latent_hw: tuple[int, int], node: str = NODE) -> Optional[torch.Tensor]:
+    """The user MASK resized to the latent, [n_edits, 1, h, w] (``core.masks.prepare_user_mask``), or None (no mask,
+    or no edit rows to restrict)."""
+    if mask_combine not in COMBINE_MODES:
+        raise NodeInputError(node, "mask_combine", f"unknown value {mask_combine!r}.",
+                             f"choose one of {', '.join(COMBINE_MODES)}.")
+    if mask is None or n_edits == 0:
+        if mask is not None:
+            logging.warning("[%s] the mask is not used: there are no edits (connect the Attention Controller's "
+                            "target).", node)
+        return None
+    try:
+        m = prepare_user_mask(mask, n_edits, latent_hw)
+    except MaskError as e:
+        raise NodeInputError(node, "mask", str(e), "connect one MASK (it restricts every edit) or one per target "
+                             "prompt (e.g. Load Image Mask, the mask editor of Load Image, Solid Mask), with values "
+                             "in 0..1.") from e
+    h, w = int(mask.shape[-2]), int(mask.shape[-1])
+    lh, lw = latent_hw
+    if abs(h * lw - w * lh) > max(h * lw, w * lh) * 0.01:
+        logging.warning("[%s] the mask is %dx%d (WxH) but the image is %dx%d: it is stretched to the image.",
+                        node, w, h, lw * LATENT_SCALE, lh * LATENT_SCALE)
+    return m
+
+
+def output_mask(result: EditResult, n_edits: int) -> torch.Tensor:
+    """Edited Sample's MASK output, [max(n_edits, 1), H, W] at image resolution (latent x 8): the mask applied at the
+    last step that had one (all ones where nothing restricted the edit; one mask of zeros without edits)."""
+    h, w = result.latent_hw
+    if n_edits == 0:
+        return torch.zeros(1, h * LATENT_SCALE, w * LATENT_SCALE)
+    m = result.edit_mask
+    if m is None:
+        m = torch.ones(n_edits, 1, h, w)
+    return to_image_mask(m.detach().to("cpu", torch.float32))
+
+
 def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, control: Optional[AttentionControl],
-             guidance: float, node: str = NODE, preview: bool = True) -> tuple[torch.Tensor, EditResult]:
-    """Returns the model-space latent batch [reconstruction, edit 1, ...] and attention statistics."""
+             guidance: float, node: str = NODE, preview: bool = True, mask: Optional[torch.Tensor] = None,
+             mask_combine: str = "intersection") -> tuple[torch.Tensor, EditResult]:
+    """Returns the model-space latent batch [reconstruction, edit 1, ...] and attention statistics (with the edit
+    mask applied at the last step, ``EditResult.edit_mask``).
+
+    ``mask``: an optional user MASK restricting the edit rows (``core.masks``): applied after every step from step
+    0; from the local-blend start on it is combined with the blend mask by ``mask_combine``."""
     src_packed = checked_source(model, inversion, source, node)
     dim = pooled_dim(model)
     src = unpack(src_packed, dim)[0]  # the token rows
@@ -81,6 +124,8 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
         raise NodeInputError(node, "model", "this model spreads its sampling batch over several GPUs (MultiGPU node), "
                              "so the source and edited prompts would be split across devices.",
                              "connect the model without the MultiGPU node to Edited Sample.")
+    latent_hw = (int(inversion.x_T.shape[-2]), int(inversion.x_T.shape[-1]))
+    m_user = user_mask(mask, mask_combine, n_prompts - 1, latent_hw, node)
 
     load_model(model)
     patcher = model.clone()
@@ -98,20 +143,26 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
 
     offsets = null.latent_offsets
     alphas = schedule.sampling_alphas()
+    applied: list = [None]  # the last mask applied (the MASK output)
 
     def after_step(x: torch.Tensor, step: int) -> torch.Tensor:
-        """Direct Inversion offset on the source row, then local blend (reference order)."""
+        """Direct Inversion offset on the source row, then local blend (reference order) combined with the user mask."""
         if offsets is not None:
             x = x.clone()
             x[0:1] += offsets[step].to(x.device, x.dtype) / math.sqrt(alphas[step + 1])  # DDPM -> sigma scaling
+        blend = None
         if edit is not None and edit.blend_active(step):
             maps = patch.mean_maps()
             if maps is not None:
-                mask = edit.blend_mask(maps.unsqueeze(1).to(x.device), (x.shape[-2], x.shape[-1]))
-                x = edit.apply_blend(x, mask.to(x.dtype))
+                blend = edit.blend_mask(maps.unsqueeze(1).to(x.device), (x.shape[-2], x.shape[-1]))
+        # user mask (from step 0) combined with the blend mask (from the blend start): core.masks
+        m = combine_masks(None if m_user is None else m_user.to(x.device), blend, mask_combine)
+        if m is not None:
+            applied[0] = m
+            x = blend_rows(x, m)
         return x
 
-    needs_hook = offsets is not None or (edit is not None and edit.has_blend)
+    needs_hook = offsets is not None or (edit is not None and edit.has_blend) or m_user is not None
     rows = [src_packed] if tgt is None else [src_packed, pack(tgt.to(src.device, src.dtype), tgt_pooled, dim)]
     positive = to_conditioning(torch.cat(rows), dim)
     negative = to_conditioning(null.embeddings[0].clone(), dim)
@@ -120,8 +171,9 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
     out = sample_from_inversion(patcher, x_T, schedule, positive, negative, guidance,
                                 ddim_sampler(after_step if needs_hook else None), callback)
     prompts = [control.source, *control.targets] if control is not None else []
+    edit_mask = None if applied[0] is None else applied[0].detach().to("cpu", torch.float32)
     return out, EditResult(cross_maps=patch.mean_maps(), map_hw=patch.map_hw,
-                           latent_hw=(int(x_T.shape[-2]), int(x_T.shape[-1])), prompts=prompts)
+                           latent_hw=(int(x_T.shape[-2]), int(x_T.shape[-1])), prompts=prompts, edit_mask=edit_mask)
 
 
 class EditedSample(io.ComfyNode):
@@ -133,7 +185,8 @@ class EditedSample(io.ComfyNode):
             category=f"{types.CATEGORY}/editing",
             description="Samples from the inversion's x_T with the optimised null embeddings: row 0 is the "
                         "reconstruction of the photo, rows 1.. the edits (one per target prompt), with "
-                        "Prompt-to-Prompt attention control when connected. Decode with VAE Decode.",
+                        "Prompt-to-Prompt attention control when connected. An optional MASK confines the edits "
+                        "(combined with local blend); the 'applied_mask' output is the mask applied. Decode with VAE Decode.",
             inputs=[
                 io.Model.Input("model", tooltip="The same model (SD 1.x/2.x or SDXL) used for inversion (it is cloned and patched; the input stays untouched)."),
                 io.Custom("NTP_INVERSION").Input("inversion", tooltip="The 'inversion' output of DDIM Invert (x_T and the schedule)."),
@@ -142,15 +195,21 @@ class EditedSample(io.ComfyNode):
                 io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Guidance scale; use the one the null embeddings were optimised with (7.5)."),
                 io.Conditioning.Input("target", optional=True, tooltip="The Attention Controller's target CONDITIONING (one row per edit). Without it only the reconstruction is made."),
                 io.Custom("NTP_ATTENTION_CONTROL").Input("control", optional=True, tooltip="The Attention Controller's control. Without it the targets are sampled without attention control (a naive edit)."),
+                io.Mask.Input("mask", optional=True, tooltip="Optional MASK restricting the edit (paint it in Load Image's mask editor, or use any mask node): after every step, from the first, each edit row takes the reconstruction's latent where the mask is 0 (bit-identical there) and keeps the edit where it is 1; values between blend proportionally. Any size: resized to the latent by nearest-neighbour sampling, like the local-blend mask (stretched if the aspect ratio differs). One mask for every edit, or one per target prompt."),
+                io.Combo.Input("mask_combine", options=list(COMBINE_MODES), default="intersection", optional=True, tooltip="With both a mask and local-blend words: 'intersection' edits only where both allow it (mask x blend mask), 'union' where either does (max). Before the local blend starts (the controller's blend_start, 0.2 = step 10 of 50) only the mask applies. Without blend words the mask alone applies."),
             ],
             outputs=[
                 io.Latent.Output("latent", display_name="latent", tooltip="Batch [reconstruction, edit 1, edit 2, ...] for VAE Decode."),
                 io.Custom("NTP_ATTENTION_MAPS").Output("attention", display_name="attention", tooltip="Cross-attention maps of every prompt row averaged over steps, layers and heads (for Attention Maps)."),
+                io.Mask.Output("applied_mask", display_name="applied_mask", tooltip="The mask the edit was confined to, one per edit (the reconstruction row has none), at image resolution (latent x 8): the local-blend mask (united with the source's, as the reference applies it) combined with the input mask, as applied at the last step (the blend mask is recomputed every step from the attention averaged so far). All ones where nothing restricted the edit; one mask of zeros without edits. Feed it to Grow Mask, Feather Mask, inpainting or compositing, or back into 'mask'."),
             ],
         )
 
     @classmethod
-    def execute(cls, model, inversion, null_embeddings, source, guidance, target=None, control=None) -> io.NodeOutput:
-        out, stats = run_edit(model, inversion, null_embeddings, source, target, control, guidance)
-        samples = model.model.process_latent_out(out).to(comfy.model_management.intermediate_device())
-        return io.NodeOutput({"samples": samples}, stats)
+    def execute(cls, model, inversion, null_embeddings, source, guidance, target=None, control=None, mask=None,
+                mask_combine="intersection") -> io.NodeOutput:
+        out, stats = run_edit(model, inversion, null_embeddings, source, target, control, guidance, mask=mask,
+                              mask_combine=mask_combine)
+        device = comfy.model_management.intermediate_device()
+        samples = model.model.process_latent_out(out).to(device)
+        return io.NodeOutput({"samples": samples}, stats, output_mask(stats, int(out.shape[0]) - 1).to(device))

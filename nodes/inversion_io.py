@@ -176,8 +176,10 @@ class SaveInversion(io.ComfyNode):
         size = os.path.getsize(path) / 1e6
         rel = os.path.join(SUBFOLDER, os.path.basename(path))
         logging.info("[%s] saved %s (%.1f MB)", SAVE_NODE, path, size)
+        # the file as an output item (like Save Image's "images"), so scripts and the runner find it in the history
+        item = {"filename": os.path.basename(path), "subfolder": SUBFOLDER, "type": "output"}
         return io.NodeOutput(ui={"text": [f"saved {rel} ({size:.1f} MB, {inversion.steps} steps); "
-                                          f"load it with Load Inversion"]})
+                                          f"load it with Load Inversion"], "inversion_files": [item]})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -77,4 +77,5 @@ class ReconstructionCheck(io.ComfyNode):
         if source.shape[0] > 1:
             lines.append(f"(source has {source.shape[0]} images; compared with the first)")
         p0, s0 = results[0]
-        return io.NodeOutput(p0, s0, ui={"text": ["\n".join(lines)]})
+        # psnr/ssim also as numbers (row 0), for scripts reading the history (the batch runner's summary)
+        return io.NodeOutput(p0, s0, ui={"text": ["\n".join(lines)], "psnr": [float(p0)], "ssim": [float(s0)]})

@@ -16,6 +16,7 @@ every option.
 
 Modules: ``convert`` (UI format -> API prompt, pure), ``overrides`` (--set/--image/--checkpoint, pure),
 ``host`` (find/import/initialise the host, execute), ``remote`` (--url), ``app`` (both paths as functions),
+``batch`` (``python -m runner batch``: a workflow per photo of a folder, in-process or over several servers),
 ``cli`` (argument parsing). Nothing here is imported by ComfyUI when it loads the pack.
 """
 

@@ -29,7 +29,7 @@ def load_workflow(path: str) -> dict:
 
 
 def build_prompt(workflow: Mapping, definitions: Mapping, image_name: Optional[str] = None,
-                 checkpoint: Optional[str] = None, sets: Iterable[str] = ()) -> dict:
+                 checkpoint: Optional[str] = None, sets: Iterable[str] = (), mask_name: Optional[str] = None) -> dict:
     """Convert (UI format) or copy (API format) the workflow, then apply the overrides. Pure."""
     if is_ui_workflow(workflow):
         prompt = workflow_to_prompt(workflow, definitions)
@@ -37,7 +37,15 @@ def build_prompt(workflow: Mapping, definitions: Mapping, image_name: Optional[s
         prompt = copy.deepcopy(dict(workflow))
         for node in prompt.values():
             node.setdefault("_meta", {}).setdefault("title", node["class_type"])
-    return apply_overrides(prompt, definitions, image_name=image_name, checkpoint=checkpoint, sets=list(sets))
+    return apply_overrides(prompt, definitions, image_name=image_name, checkpoint=checkpoint, sets=list(sets),
+                           mask_name=mask_name)
+
+
+def check_files(image: Optional[str] = None, mask: Optional[str] = None) -> None:
+    """--image and --mask must name files (before the host is imported)."""
+    for option, path in (("--image", image), ("--mask", mask)):
+        if path is not None and not Path(path).expanduser().is_file():
+            raise UsageError(f"{option} {path}: no such file.")
 
 
 async def prepare_in_process(comfyui: Optional[str] = None, cpu: bool = False, log=None):
@@ -55,20 +63,21 @@ async def prepare_in_process(comfyui: Optional[str] = None, cpu: bool = False, l
 async def run_in_process(workflow_path: str, image: Optional[str] = None, checkpoint: Optional[str] = None,
                          sets: Iterable[str] = (), comfyui: Optional[str] = None, output_dir: Optional[str] = None,
                          input_dir: Optional[str] = None, cpu: bool = False, reporter=None, verbose: bool = False,
-                         log=None, on_prompt=None, executor=None):
+                         log=None, on_prompt=None, executor=None, mask: Optional[str] = None):
     """Load the workflow, the host and its nodes; convert with the host's node definitions; apply the overrides;
     validate and execute in this process. Returns a ``runner.host.RunResult`` (``.saved`` lists the files).
-    ``executor``: ``RunResult.executor`` of an earlier run, to reuse its caches (unchanged nodes are not re-run)."""
+    ``executor``: ``RunResult.executor`` of an earlier run, to reuse its caches (unchanged nodes are not re-run).
+    ``mask``: an image file for every Load Image (as Mask) node (``--mask``)."""
     from .host import Reporter, directories, execute_prompt, import_image, register_checkpoint
 
     workflow = load_workflow(workflow_path)
-    if image is not None and not Path(image).expanduser().is_file():
-        raise UsageError(f"--image {image}: no such file.")
+    check_files(image, mask)
     host, definitions = await prepare_in_process(comfyui, cpu, log)
     with directories(host, output_dir, input_dir):
         image_name = import_image(host, image) if image is not None else None
+        mask_name = import_image(host, mask, "--mask") if mask is not None else None
         ckpt_name = register_checkpoint(host, checkpoint) if checkpoint is not None else None
-        prompt = build_prompt(workflow, definitions, image_name, ckpt_name, sets)
+        prompt = build_prompt(workflow, definitions, image_name, ckpt_name, sets, mask_name)
         if on_prompt is not None:
             on_prompt(prompt)
         reporter = reporter or Reporter(prompt)
@@ -79,13 +88,15 @@ async def run_in_process(workflow_path: str, image: Optional[str] = None, checkp
 
 async def convert_in_process(workflow_path: str, image: Optional[str] = None, checkpoint: Optional[str] = None,
                              sets: Iterable[str] = (), comfyui: Optional[str] = None, input_dir: Optional[str] = None,
-                             log=None) -> dict:
-    """The API prompt the run would execute (nothing runs; --image is copied into the input folder)."""
+                             log=None, mask: Optional[str] = None) -> dict:
+    """The API prompt the run would execute (nothing runs; --image and --mask are copied into the input folder)."""
     from .host import directories, import_image, register_checkpoint
 
     workflow = load_workflow(workflow_path)
+    check_files(image, mask)
     host, definitions = await prepare_in_process(comfyui, True, log)  # nothing runs: no GPU needed
     with directories(host, None, input_dir):
         image_name = import_image(host, image) if image is not None else None
+        mask_name = import_image(host, mask, "--mask") if mask is not None else None
         ckpt_name = register_checkpoint(host, checkpoint) if checkpoint is not None else None
-        return build_prompt(workflow, definitions, image_name, ckpt_name, sets)
+        return build_prompt(workflow, definitions, image_name, ckpt_name, sets, mask_name)

@@ -9,7 +9,9 @@ What the editor does and this module repeats
       optional; ``input_order``). Widgets are the INT, FLOAT, STRING, BOOLEAN and COMBO inputs without
       ``forceInput``. The editor adds widgets of its own that are saved too and are *not* inputs:
       ``control_after_generate`` after a seed ("fixed"/"increment"/"decrement"/"randomize") and the
-      ``upload`` button after an image/video/audio upload combo ("image"). Those values are skipped.
+      ``upload`` button of an image/video/audio upload combo ("image"), appended after the node's last required
+      input (right after the combo for Load Image; after ``channel`` for Load Image (as Mask)). Those values are
+      skipped.
     * A widget turned into an input socket (``inputs[i].widget.name``) takes its value from the link.
     * Note, MarkdownNote and other editor-only nodes are dropped; Reroute nodes are followed; PrimitiveNode
       (the editor's primitive) is replaced by its value; muted nodes (mode 2) are dropped with their links;
@@ -127,6 +129,9 @@ def map_widget_values(values: Any, info: Mapping, where: str = "node") -> dict:
     values = list(values)
     out: dict = {}
     i = 0
+    # the editor appends the upload button to the required inputs (frontend: ``required.upload = ...``)
+    required = [k for k, s in enumerate(widgets) if s.category == "required"]
+    upload_after = required[-1] if required and any(widgets[k].has_upload_widget for k in required) else None
     for w_index, spec in enumerate(widgets):
         if i >= len(values):
             if "default" in spec.options:
@@ -138,7 +143,7 @@ def map_widget_values(values: Any, info: Mapping, where: str = "node") -> dict:
         if i < len(values) and isinstance(values[i], str):
             if spec.has_control_widget and values[i] in CONTROL_VALUES:
                 i += 1
-            elif spec.has_upload_widget and len(values) - i > remaining_widgets:
+            elif w_index == upload_after and len(values) - i > remaining_widgets:
                 i += 1
             elif spec.type in ("INT", "FLOAT") and values[i] in CONTROL_VALUES and len(values) - i > remaining_widgets:
                 i += 1  # a control widget the editor added on its own

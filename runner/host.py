@@ -186,6 +186,8 @@ async def _register_imported_pack(nodes, pack_root: Path) -> bool:
     nodes rather than loading a second copy whose classes would differ from the first's. False if not imported."""
     init_file = (pack_root / "__init__.py").resolve()
     for module in list(sys.modules.values()):
+        if getattr(module, "__path__", None) is None:  # not a package: e.g. pytest's import of the bare __init__.py
+            continue
         try:
             if not getattr(module, "__file__", None) or Path(module.__file__).resolve() != init_file:
                 continue
@@ -262,12 +264,12 @@ class HostNodeDefinitions(Mapping):
 # ----------------------------------------------------------------------------------------------------------------
 # Files: --image, --checkpoint, directories
 # ----------------------------------------------------------------------------------------------------------------
-def import_image(host: Host, image: str) -> str:
+def import_image(host: Host, image: str, option: str = "--image") -> str:
     """Make ``image`` loadable by Load Image; returns the name to put in the node. A file already inside the input
     folder is used where it is; any other is copied to <input>/nulltext_p2p/ (like an upload from the editor)."""
     src = Path(image).expanduser()
     if not src.is_file():
-        raise UsageError(f"--image {image}: no such file.")
+        raise UsageError(f"{option} {image}: no such file.")
     input_dir = Path(host.folder_paths.get_input_directory()).resolve()
     src = src.resolve()
     try:

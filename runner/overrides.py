@@ -1,4 +1,4 @@
-"""Overrides on an API prompt: ``--set "Node.input=value"``, ``--image``, ``--checkpoint``.
+"""Overrides on an API prompt: ``--set "Node.input=value"``, ``--image``, ``--mask``, ``--checkpoint``.
 
 Pure functions (no host import). A node is named by its id ("12" or "#12"), its title (what the editor shows,
 e.g. "Attention Controller"), its class type ("NTP_AttentionController") or its display name; the first of these
@@ -181,14 +181,37 @@ def nodes_with_input(prompt: Mapping, definitions: Mapping, predicate) -> list[t
     return out
 
 
+def _loads_mask_only(definitions: Mapping, node: Mapping) -> bool:
+    """A loader whose outputs hold a MASK but no IMAGE (Load Image (as Mask))."""
+    outputs = [str(o) for o in (definitions.get(node["class_type"]) or {}).get("output") or []]
+    return "MASK" in outputs and "IMAGE" not in outputs
+
+
+def _image_uploads(prompt: Mapping, definitions: Mapping, masks: bool) -> list[tuple[str, InputSpec]]:
+    return nodes_with_input(prompt, definitions,
+                            lambda node, spec: spec.has_upload_widget and bool(spec.options.get("image_upload"))
+                            and _loads_mask_only(definitions, node) == masks)
+
+
 def apply_image(prompt: dict, definitions: Mapping, image_name: str) -> list[str]:
-    """Point every image-upload input (Load Image) at ``image_name`` (a name in the input folder). Returns the ids."""
-    targets = nodes_with_input(prompt, definitions,
-                               lambda node, spec: spec.has_upload_widget and spec.options.get("image_upload"))
+    """Point every image-upload input of a node that loads an IMAGE (Load Image) at ``image_name`` (a name in the
+    input folder). Returns the ids. Load Image (as Mask) nodes are left to ``--mask``."""
+    targets = _image_uploads(prompt, definitions, masks=False)
     if not targets:
         raise OverrideError("--image: the workflow has no Load Image node to point at the image.")
     for nid, spec in targets:
         prompt[nid]["inputs"][spec.name] = image_name
+    return [nid for nid, _ in targets]
+
+
+def apply_mask(prompt: dict, definitions: Mapping, mask_name: str) -> list[str]:
+    """Point every Load Image (as Mask) node (an image upload whose node outputs a MASK and no IMAGE) at
+    ``mask_name``. Returns the ids."""
+    targets = _image_uploads(prompt, definitions, masks=True)
+    if not targets:
+        raise OverrideError("--mask: the workflow has no Load Image (as Mask) node to point at the mask.")
+    for nid, spec in targets:
+        prompt[nid]["inputs"][spec.name] = mask_name
     return [nid for nid, _ in targets]
 
 
@@ -207,10 +230,12 @@ def apply_checkpoint(prompt: dict, definitions: Mapping, ckpt_name: str) -> list
 
 
 def apply_overrides(prompt: dict, definitions: Mapping, image_name: Optional[str] = None,
-                    checkpoint: Optional[str] = None, sets: Iterable[str] = ()) -> dict:
-    """--image, then --checkpoint, then every --set (so --set can still change one node)."""
+                    checkpoint: Optional[str] = None, sets: Iterable[str] = (), mask_name: Optional[str] = None) -> dict:
+    """--image, --mask, then --checkpoint, then every --set (so --set can still change one node)."""
     if image_name is not None:
         apply_image(prompt, definitions, image_name)
+    if mask_name is not None:
+        apply_mask(prompt, definitions, mask_name)
     if checkpoint is not None:
         apply_checkpoint(prompt, definitions, checkpoint)
     apply_sets(prompt, definitions, sets)

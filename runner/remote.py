@@ -1,8 +1,10 @@
 """``--url``: run on a ComfyUI server that is already running (the only network use of the runner).
 
 Requests, all to the URL the user gave: ``GET /object_info`` (the server's node definitions, for the conversion),
-``POST /upload/image`` (only with ``--image``), ``POST /prompt``, then ``GET /history/<id>`` every second until
+``POST /upload/image`` (only with ``--image`` / ``--mask``), ``POST /prompt``, then ``GET /history/<id>`` every second until
 the prompt is done, and ``GET /view`` to copy the results into ``--output-dir`` when one is given. urllib only.
+``batch --url`` (runner/batch.py) uses the same requests, plus ``POST /queue`` / ``POST /interrupt`` with its own
+prompt id on Ctrl-C or when a server stops answering in time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from .app import build_prompt, load_workflow
+from .app import build_prompt, check_files, load_workflow
 from .convert import is_ui_workflow
 from .errors import ExecutionError, RunnerError, UsageError, ValidationError
 from .host import IMAGE_SUBFOLDER, format_execution_error, format_validation_error
@@ -57,10 +59,10 @@ def fetch_object_info(base: str) -> dict:
     return info
 
 
-def upload_image(base: str, image: str) -> str:
+def upload_image(base: str, image: str, option: str = "--image") -> str:
     path = Path(image).expanduser()
     if not path.is_file():
-        raise UsageError(f"--image {image}: no such file.")
+        raise UsageError(f"{option} {image}: no such file.")
     boundary = uuid.uuid4().hex
     ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     parts = []
@@ -116,6 +118,23 @@ def wait_for_history(base: str, prompt_id: str, timeout: Optional[float] = None,
         time.sleep(poll)
 
 
+def fetch(base: str, item: dict) -> tuple:
+    """(HTTP status, bytes) of one output file (``GET /view``)."""
+    query = urllib.parse.urlencode({"filename": item["filename"], "subfolder": item.get("subfolder", ""),
+                                    "type": item.get("type", "output")})
+    return _request(f"{base}/view?{query}", timeout=300.0)
+
+
+def cancel_prompt(base: str, prompt_id: str) -> None:
+    """Best effort: take our prompt off the server's queue, or interrupt it if it is running (``POST /queue``
+    ``{"delete": [id]}``, ``POST /interrupt`` ``{"prompt_id": id}``: other users' prompts are not touched)."""
+    for path, payload in (("/queue", {"delete": [prompt_id]}), ("/interrupt", {"prompt_id": prompt_id})):
+        try:
+            _json(f"{base}{path}", payload, timeout=5.0)
+        except RunnerError:
+            pass
+
+
 def download(base: str, item: dict, output_dir: str) -> str:
     query = urllib.parse.urlencode({"filename": item["filename"], "subfolder": item.get("subfolder", ""),
                                     "type": item.get("type", "output")})
@@ -130,18 +149,18 @@ def download(base: str, item: dict, output_dir: str) -> str:
 
 def run_remote(url: str, workflow_path: str, image: Optional[str] = None, checkpoint: Optional[str] = None,
                sets: Iterable[str] = (), output_dir: Optional[str] = None, timeout: Optional[float] = None,
-               stream=None) -> list[tuple[str, str]]:
+               stream=None, mask: Optional[str] = None) -> list[tuple[str, str]]:
     """Queue the workflow on a running server and wait. Returns (kind, path or URL) per result file."""
     stream = stream or sys.stderr
     base = url.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise UsageError(f"--url {url}: expected http://HOST:PORT.")
     workflow = load_workflow(workflow_path)
-    if image is not None and not Path(image).expanduser().is_file():
-        raise UsageError(f"--image {image}: no such file.")
+    check_files(image, mask)
     definitions = fetch_object_info(base)
     image_name = upload_image(base, image) if image is not None else None
-    prompt = build_prompt(workflow, definitions, image_name, checkpoint, sets)
+    mask_name = upload_image(base, mask, "--mask") if mask is not None else None
+    prompt = build_prompt(workflow, definitions, image_name, checkpoint, sets, mask_name)
     prompt_id = queue_prompt(base, prompt, workflow if is_ui_workflow(workflow) else None, uuid.uuid4().hex)
     stream.write(f"queued prompt {prompt_id} on {base}\n")
     stream.flush()

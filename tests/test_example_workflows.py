@@ -31,10 +31,14 @@ EXPECTED_SAVED = {
     "reweight.json": 3,  # source, reconstruction, fluffier
     "invert_once_edit_many.json": 5,  # [reconstruction, tiger, dog] + [reconstruction, wooden table]
     "sdxl_word_swap.json": 3,  # source, reconstruction, tiger (run here with the tiny SD1.x checkpoint)
+    "masked_edit.json": 4,  # source, reconstruction, tiger + the mask applied
 }
+# --mask for the examples with a Load Image (as Mask) node: the mask image shipped beside them
+MASKS = {"masked_edit.json": str(REPO_ROOT / "example_workflows" / "masked_edit_mask.png")}
 CHECKPOINTS = {"sdxl_word_swap.json": "sd_xl_base_1.0.safetensors"}  # the rest: v1-5-pruned-emaonly.safetensors
 CORE_NODES = {"LoadImage", "CheckpointLoaderSimple", "CLIPTextEncode", "VAEEncode", "VAEDecode", "SaveImage",
-              "PreviewImage", "ImageScale", "ImageBatch", "PrimitiveStringMultiline", "Note", "MarkdownNote"}
+              "PreviewImage", "ImageScale", "ImageBatch", "PrimitiveStringMultiline", "Note", "MarkdownNote",
+              "LoadImageMask", "MaskToImage"}
 PACK_PREFIX = "NTP_"
 # ALGORITHM.md defaults the examples must ship with.
 DEFAULTS = {
@@ -160,7 +164,8 @@ def test_example_runs_headless(path, runner_host, tiny_checkpoint_name, source_p
     out_dir, in_dir = shared_run["output"], shared_run["input"]
     result = run_sync(run_in_process(str(path), image=source_png, checkpoint=tiny_checkpoint_name, sets=sets,
                                      comfyui=str(host.path), output_dir=str(out_dir), input_dir=str(in_dir),
-                                     reporter=Reporter({}, quiet=True), executor=shared_run["executor"]))
+                                     reporter=Reporter({}, quiet=True), executor=shared_run["executor"],
+                                     mask=MASKS.get(path.name)))
     assert shared_run["executor"] is None or result.executor is shared_run["executor"], "the caches were not reused"
     shared_run["executor"] = result.executor
 
@@ -186,6 +191,13 @@ def test_example_runs_headless(path, runner_host, tiny_checkpoint_name, source_p
             assert img.size == (SIZE, SIZE) and img.mode == "RGB"
             assert "workflow" in img.info and "prompt" in img.info  # opens in the editor like a UI save
 
+    if path.name in MASKS:  # the mask applied, saved as an image: the shipped ellipse (and local blend) show
+        masks = [s for s in saved if Path(s.path).name.startswith("masked_edit_mask")]
+        assert len(masks) == 1, [s.path for s in saved]
+        with Image.open(masks[0].path) as img:
+            lo, hi = img.convert("L").getextrema()
+        assert lo == 0 and hi > 0, (lo, hi)
+
     # every tensor the nodes produced (latents, images, embeddings) is finite
     checked = 0
     for nid in result.prompt:
@@ -197,7 +209,7 @@ def test_example_runs_headless(path, runner_host, tiny_checkpoint_name, source_p
     print(f"{path.name}: {len(saved)} images in {result.seconds:.1f} s")
 
 
-@pytest.mark.parametrize("name", ["word_swap.json", "invert_once_edit_many.json"])
+@pytest.mark.parametrize("name", ["word_swap.json", "invert_once_edit_many.json", "masked_edit.json"])
 def test_note_command_runs(name, runner_host, tiny_checkpoint_name, source_png, shared_run):
     """The Note's command (new targets with their local-blend words) runs too; the inversion comes from the cache."""
     from nulltext_p2p.runner.app import build_prompt, load_workflow, run_in_process
@@ -210,6 +222,6 @@ def test_note_command_runs(name, runner_host, tiny_checkpoint_name, source_png, 
     result = run_sync(run_in_process(str(path), image=source_png, checkpoint=tiny_checkpoint_name, sets=sets,
                                      comfyui=str(host.path), output_dir=str(shared_run["output"]),
                                      input_dir=str(shared_run["input"]), reporter=Reporter({}, quiet=True),
-                                     executor=shared_run["executor"]))
+                                     executor=shared_run["executor"], mask=MASKS.get(name)))
     shared_run["executor"] = result.executor
     assert len([s for s in result.saved if s.kind == "output"]) == EXPECTED_SAVED[name]

@@ -25,6 +25,10 @@ WORD_SWAP = REPO_ROOT / "example_workflows" / "word_swap.json"
 DEFS = {
     "LoadImage": {"input": {"required": {"image": [["example.png", "cat.png"], {"image_upload": True}]}},
                   "input_order": {"required": ["image"]}, "output": ["IMAGE", "MASK"], "display_name": "Load Image"},
+    "LoadImageMask": {"input": {"required": {"image": [["example.png", "mask.png"], {"image_upload": True}],
+                                             "channel": [["alpha", "red", "green", "blue"]]}},
+                      "input_order": {"required": ["image", "channel"]}, "output": ["MASK"],
+                      "display_name": "Load Image (as Mask)"},
     "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["a.safetensors", "b.safetensors"], {}]}},
                                "output": ["MODEL", "CLIP", "VAE"], "display_name": "Load Checkpoint"},
     "CLIPTextEncode": {"input": {"required": {"text": ["STRING", {"multiline": True}], "clip": ["CLIP"]}},
@@ -127,6 +131,28 @@ def test_widget_values_map_by_input_order_with_defaults_and_forced_inputs():
     assert map_widget_values({"mode": "b", "other": 1}, info) == {"mode": "b"}
     # a seed without its control value (older saves) still maps
     assert map_widget_values([5, 10, 2.0, "euler", 1.0], DEFS["KSampler"])["denoise"] == 1.0
+
+
+def test_upload_button_value_follows_the_last_required_input():
+    """The editor appends the upload button to the required inputs: Load Image (as Mask) saves [image, channel,
+    "image"]; Load Image [image, "image"]."""
+    assert map_widget_values(["mask.png", "red", "image"], DEFS["LoadImageMask"]) == {"image": "mask.png",
+                                                                                      "channel": "red"}
+    assert map_widget_values(["mask.png", "red"], DEFS["LoadImageMask"]) == {"image": "mask.png", "channel": "red"}
+    assert map_widget_values(["cat.png", "image"], DEFS["LoadImage"]) == {"image": "cat.png"}
+
+
+def test_image_and_mask_overrides_pick_their_loaders():
+    from nulltext_p2p.runner.overrides import apply_overrides
+
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+              "2": {"class_type": "LoadImageMask", "inputs": {"image": "example.png", "channel": "red"}}}
+    out = apply_overrides(copy.deepcopy(prompt), DEFS, image_name="photo.png")
+    assert out["1"]["inputs"]["image"] == "photo.png" and out["2"]["inputs"]["image"] == "example.png"
+    out = apply_overrides(copy.deepcopy(prompt), DEFS, image_name="photo.png", mask_name="m.png")
+    assert out["1"]["inputs"]["image"] == "photo.png" and out["2"]["inputs"]["image"] == "m.png"
+    with pytest.raises(OverrideError, match="--mask: the workflow has no Load Image \\(as Mask\\) node"):
+        apply_overrides({"1": prompt["1"]}, DEFS, mask_name="m.png")
 
 
 def test_too_many_widget_values_is_an_error():
@@ -366,7 +392,9 @@ def test_word_swap_converts_with_the_hosts_definitions(host_defs):
         "self_replace": 0.5, "word_windows": "", "reweight": "", "blend_words": "cat, tiger",
         "blend_threshold": 0.3, "blend_start": 0.2}
     _, sample = by_title["Edited Sample"]
-    assert set(sample["inputs"]) == {"model", "inversion", "null_embeddings", "source", "guidance", "target", "control"}
+    assert set(sample["inputs"]) == {"model", "inversion", "null_embeddings", "source", "guidance", "target", "control",
+                                     "mask_combine"}
+    assert sample["inputs"]["mask_combine"] == "intersection"  # a widget added after the file was saved: its default
     # the override reaches the host's types: a multi-line target, a combo, errors for the pack's own node
     apply_sets(prompt, definitions, ["Attention Controller.target_prompts=a dog sitting on a table\\na fox sitting on a table",
                                      "Attention Controller.mode=refine"])
