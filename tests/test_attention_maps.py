@@ -191,7 +191,7 @@ def test_node_errors_name_the_input_and_word(edits):
     from nulltext_p2p.nodes.attention_maps import make_grid
 
     stats = edits[(16, 16)]
-    with pytest.raises(NodeInputError, match=r"\[Attention Maps\] input 'words': the word 'cat' is not in the prompt"):
+    with pytest.raises(NodeInputError, match=r"\[Null-text P2P: Attention Maps\] input 'words': the word 'cat' is not in the prompt"):
         make_grid(stats, None, 1, "tiger, cat", "each", 0)  # row 1 is the tiger edit
     with pytest.raises(NodeInputError, match=r"input 'row': row 5 does not exist"):
         make_grid(stats, None, 5, "", "each", 0)
