@@ -85,8 +85,23 @@ function fmt(v) {
  */
 function addSizedDomWidget(node, name, root, content, estimate) {
   let widget = null;
+  let measured = null; // the last height measured for the current content (null: not measured since it changed)
   const laidOut = () => content.offsetHeight > 0 && root.clientWidth >= 0.6 * (node.size?.[0] ?? 0);
-  const height = () => (laidOut() ? content.offsetHeight : estimate()) + 2 * (widget?.margin ?? 10) + 10;
+  const height = () => {
+    if (laidOut()) measured = content.offsetHeight;
+    return (measured ?? estimate()) + 2 * (widget?.margin ?? 10) + 10;
+  };
+  // The canvas lays the widgets out while it draws, and a hidden widget (zoomed out, off screen) cannot be
+  // measured: when the content's real size shows up, lay the node out again with it.
+  if (typeof ResizeObserver === "function") {
+    new ResizeObserver(() => {
+      if (!laidOut() || content.offsetHeight === measured) return;
+      measured = content.offsetHeight;
+      fitNode(node);
+      node.graph?.setDirtyCanvas?.(true, true);
+    }).observe(content);
+  }
+  root.ntpContentChanged = () => { measured = null; };
   widget = node.addDOMWidget(name, name, root, {
     serialize: false,
     hideOnZoom: true,
@@ -251,6 +266,7 @@ function attachHelper(node) {
     if (!force && key === state.key) return;
     state.key = key;
     state.analysis = analyseController(values);
+    root.ntpContentChanged?.();
     render(content, state.analysis, values);
     node.ntpWordHelper = { ...state.analysis, values }; // for tests and other extensions
     fitNode(node);
@@ -325,13 +341,19 @@ function attachTextOutput(node, placeholder) {
     }
   };
   show([placeholder], "placeholder");
-  let lineCount = 2; // the placeholder wraps to two lines at the node's usual width
-  addSizedDomWidget(node, TEXT_WIDGET, root, content, () => 18 * lineCount + 4);
+  let shown = [placeholder];
+  // before it can be measured: the lines wrapped at about 6.5 px a character in the node's width
+  const estimate = () => {
+    const perLine = Math.max(10, Math.floor(((node.size?.[0] ?? 300) - 40) / 6.5));
+    return 4 + 18 * shown.reduce((n, l) => n + Math.max(1, Math.ceil(l.length / perLine)), 0);
+  };
+  addSizedDomWidget(node, TEXT_WIDGET, root, content, estimate);
   requestAnimationFrame(() => fitNode(node));
-  node.ntpShowText = (text) => {
+  node.ntpShowText = (text, how = "result") => {
     const lines = (Array.isArray(text) ? text : [text]).flatMap((t) => String(t ?? "").split("\n")).filter((l) => l.length);
-    lineCount = Math.max(1, lines.length);
-    show(lines.length ? lines : [placeholder], lines.length ? "result" : "placeholder");
+    shown = lines.length ? lines : [placeholder];
+    root.ntpContentChanged?.();
+    show(shown, lines.length ? how : "placeholder");
     node.ntpTextOutput = lines; // for tests and other extensions
     requestAnimationFrame(() => fitNode(node));
   };
@@ -383,10 +405,43 @@ function orderTemplates() {
   api.getWorkflowTemplates = ordered;
 }
 
+/**
+ * Nodes the host did not run again (their result was cached) send no `executed` message, so their box would keep
+ * the placeholder or an older text. The prompt's history holds the UI outputs of the cached nodes too: show those,
+ * or say that the node was cached.
+ */
+function followCachedNodes() {
+  if (typeof api?.addEventListener !== "function") return;
+  const cached = new Map(); // prompt id -> node ids
+  api.addEventListener("execution_cached", ({ detail }) => {
+    if (detail?.prompt_id && Array.isArray(detail.nodes)) cached.set(detail.prompt_id, detail.nodes.map(String));
+  });
+  api.addEventListener("execution_success", async ({ detail }) => {
+    const promptId = detail?.prompt_id;
+    const ids = cached.get(promptId);
+    cached.delete(promptId);
+    const nodes = (ids ?? []).map((id) => app.graph?.getNodeById?.(id)).filter((n) => n?.ntpShowText);
+    if (!nodes.length) return;
+    let outputs = {};
+    try {
+      const res = await api.fetchApi(`/history/${encodeURIComponent(promptId)}`);
+      outputs = (await res.json())?.[promptId]?.outputs ?? {};
+    } catch (err) {
+      console.warn("[nulltext_p2p] could not read the history of a run", err);
+    }
+    for (const n of nodes) {
+      const text = outputs[String(n.id)]?.text;
+      if (text !== undefined) n.ntpShowText(text, "cached");
+      else if (!n.ntpTextOutput?.length) n.ntpShowText("Cached: not recomputed in this run (same inputs as before).", "cached");
+    }
+  });
+}
+
 app.registerExtension({
   name: "nulltext_p2p.AttentionControllerWords",
   async setup() {
     pollLinkedValues();
+    followCachedNodes();
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     const name = nodeData?.name;
