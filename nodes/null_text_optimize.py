@@ -78,6 +78,10 @@ class NullTextOptimize(io.ComfyNode):
             description="Optimises one unconditional ('null-text') embedding per DDIM step so that guided sampling from "
                         "x_T follows the inversion back to the image (Mokady et al. 2023). Slow: up to "
                         "steps x inner steps UNet forward+backward passes; run it once and edit many times.",
+            # An output node: the host then also sends its status ("N inner iterations ...") when its result comes from
+            # the cache (ComfyUI 0.33 sends nothing for a cached node that is not an output), so the node always shows
+            # the status of the embeddings it passes on. It runs (or is taken from the cache) whenever queued.
+            is_output_node=True,
             inputs=[
                 io.Model.Input("model", tooltip="The same model (SD 1.x/2.x or SDXL) used for DDIM Invert."),
                 io.Conditioning.Input("source", tooltip="The same source prompt CONDITIONING used for DDIM Invert."),
