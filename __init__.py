@@ -9,8 +9,10 @@ WEB_DIRECTORY = "./js"
 
 async def comfy_entrypoint():
     """V3 entry point: the host calls this to get the pack's node list."""
+    from .host.example_image import install_example_image
     from .nodes import NullTextP2PExtension
 
+    install_example_image()
     return NullTextP2PExtension()
 
 

@@ -10,6 +10,7 @@ Then x_cur moves one guided DDIM step with the kept embedding.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -32,11 +33,20 @@ class NullTextSettings:
     lr_decay: float = 0.01  # lr * (1 - i * lr_decay)
 
 
+class NonFiniteLossError(ValueError):
+    """The loss (or the latent it is measured on) became NaN or infinite at ``step``: the model overflowed (fp16)
+    or its inputs were not finite. Raised at once instead of optimising the remaining steps on NaN."""
+
+    def __init__(self, step: int, steps: int, loss: float) -> None:
+        self.step, self.steps, self.loss = step, steps, loss
+        super().__init__(f"the loss became {loss} at step {step + 1} of {steps}")
+
+
 @dataclass
 class NullTextResult:
     embeddings: torch.Tensor  # [steps, *null_shape], float32
     iterations: list[int] = field(default_factory=list)  # inner iterations run per step
-    losses: list[float] = field(default_factory=list)  # last measured loss per step
+    losses: list[float] = field(default_factory=list)  # last measured loss per step (NaN: inner_steps 0, none measured)
     final_latent: Optional[torch.Tensor] = None  # x after the last guided step: the reconstruction
 
 
@@ -85,6 +95,8 @@ def optimize_null_embeddings(
                 loss.backward()
             optimizer.step()
             loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(i, steps, loss_value)
             iters = j + 1
             stop = loss_value < threshold
             if on_iteration is not None:
@@ -98,6 +110,8 @@ def optimize_null_embeddings(
         with torch.no_grad():
             eps_u = eps_u_fn(x_cur, t, null)
             x_cur = ddim_step(x_cur, guided_eps(eps_u, eps_c, w), a_t, a_prev).detach()
+        if not bool(torch.isfinite(x_cur).all()):
+            raise NonFiniteLossError(i, steps, float("nan"))
     result.embeddings = torch.stack(kept)
     result.final_latent = x_cur
     return result

@@ -97,8 +97,7 @@ def replacement_mapper(
     if nx != ny:
         raise PromptError(
             f"mode 'replace' (word swap) needs prompts with the same number of words, but the source prompt "
-            f"has {nx} words and the edited prompt {target.text!r} has {ny} words; use mode \"refine\" to add "
-            f"or remove words"
+            f"has {nx} words and the edited prompt {target.text!r} has {ny} words"
         )
     swapped = [k for k in range(nx) if source.words[k] != target.words[k]]
     src_blocks = [source.word_positions(k) for k in swapped]

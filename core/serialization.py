@@ -159,7 +159,7 @@ def check_header(metadata: dict[str, str] | None) -> int:
     if fmt != FORMAT:
         what = "no format tag" if fmt is None else f"format '{fmt}'"
         raise FormatError(f"the file is not a nulltext-p2p inversion ({what}; expected '{FORMAT}').",
-                          "choose a file written by Save Inversion (Null-text P2P).")
+                          "choose a file written by the Save Inversion node of Null-text P2P.")
     raw = metadata.get("format_version", "")
     try:
         version = int(raw)

@@ -12,6 +12,8 @@
 
 export const PUNCTUATION = ",.;:!?\"'()";
 export const MODES = ["replace", "refine"];
+/** The controller's inputs the helper reads (each may be a widget or linked from another node). */
+export const WATCHED_INPUTS = ["source_prompt", "target_prompts", "mode", "reweight", "word_windows", "blend_words"];
 
 function stripChars(s, chars) {
   let a = 0;
@@ -176,20 +178,32 @@ export function alignWords(source, target) {
 }
 
 /**
- * Everything the helper shows, from the controller's widget values:
+ * Everything the helper shows, from the controller's input values:
  * {source: [{word, removed, blend}], edits: [{text, words: [{word, kind, from, reweight, window, blend}],
- *  changed}], warnings: [string], mode}. kind is "same", "swapped" (replace) or "added" (refine).
+ *  changed}], warnings: [string], notes: [string], unknown: [name], mode}. kind is "same", "swapped" (replace) or
+ * "added" (refine).
+ *
+ * A value that is `null` is not visible before the graph runs (the input is linked to a node that computes it):
+ * the helper says so (a note) and checks nothing that needs it. `values.sources` may name where linked values come
+ * from ({source_prompt: "Source caption"}), for the notes.
  */
 export function analyseController(values) {
+  const unknown = WATCHED_INPUTS.filter((name) => values[name] === null);
+  const sources = values.sources ?? {};
+  const notes = unknown.map((name) => `${name} comes from '${sources[name] ?? "another node"}': its value is known ` +
+    "only when the graph runs, so the words below do not include it.");
+  const sourceKnown = values.source_prompt !== null;
+  const targetsKnown = values.target_prompts !== null;
   const mode = MODES.includes(values.mode) ? values.mode : "replace";
+  const modeKnown = values.mode !== null;
   const warnings = [];
-  const srcWords = splitPrompt(values.source_prompt);
+  const srcWords = sourceKnown ? splitPrompt(values.source_prompt) : [];
   const lines = String(values.target_prompts ?? "")
     .split("\n")
     .map((l) => l.trim())
     .filter((l) => l);
-  if (!srcWords.length) warnings.push("source_prompt is empty: type the caption of the photo.");
-  if (!lines.length) warnings.push("target_prompts is empty: type the edited caption (one edit per line).");
+  if (sourceKnown && !srcWords.length) warnings.push("source_prompt is empty: type the caption of the photo.");
+  if (targetsKnown && !lines.length) warnings.push("target_prompts is empty: type the edited caption (one edit per line).");
 
   const source = srcWords.map((word) => ({ word, removed: false, blend: false }));
   const edits = lines.map((text) => {
@@ -199,6 +213,7 @@ export function analyseController(values) {
 
   edits.forEach((edit, e) => {
     const tgt = edit.words.map((w) => w.word);
+    if (!sourceKnown || !modeKnown) return; // what changes needs the source and the mode
     if (mode === "replace") {
       if (tgt.length !== srcWords.length) {
         warnings.push(
@@ -233,7 +248,7 @@ export function analyseController(values) {
   });
 
   const targetWordLists = edits.map((ed) => ed.words.map((w) => w.word));
-  const reweight = parseWordValues(values.reweight);
+  const reweight = parseWordValues(values.reweight ?? "");
   reweight.errors.forEach((m) => warnings.push(`reweight: ${m}`));
   for (const [word, value] of reweight.items) {
     let found = false;
@@ -243,10 +258,11 @@ export function analyseController(values) {
         found = true;
       }
     });
-    if (!found) warnings.push(`reweight: '${word}' is not in the edited prompt${edits.length > 1 ? "s" : ""}.`);
+    if (!found && targetsKnown)
+      warnings.push(`reweight: '${word}' is not in the edited prompt${edits.length > 1 ? "s" : ""}.`);
   }
 
-  const windows = parseWordWindows(values.word_windows);
+  const windows = parseWordWindows(values.word_windows ?? "");
   windows.errors.forEach((m) => warnings.push(`word_windows: ${m}`));
   for (const [word, win] of windows.items) {
     let found = false;
@@ -256,10 +272,11 @@ export function analyseController(values) {
         found = true;
       }
     });
-    if (!found) warnings.push(`word_windows: '${word}' is not in the edited prompt${edits.length > 1 ? "s" : ""}.`);
+    if (!found && targetsKnown)
+      warnings.push(`word_windows: '${word}' is not in the edited prompt${edits.length > 1 ? "s" : ""}.`);
   }
 
-  const blend = parseWordList(values.blend_words);
+  const blend = parseWordList(values.blend_words ?? "");
   blend.errors.forEach((m) => warnings.push(`blend_words: ${m}`));
   for (const word of blend.items) {
     let found = false;
@@ -273,8 +290,9 @@ export function analyseController(values) {
         found = true;
       }
     });
-    if (!found) warnings.push(`blend_words: '${word}' is not in the source or edited prompts.`);
+    if (!found && sourceKnown && targetsKnown)
+      warnings.push(`blend_words: '${word}' is not in the source or edited prompts.`);
   }
 
-  return { mode, source, edits, warnings };
+  return { mode, source, edits, warnings, notes, unknown };
 }

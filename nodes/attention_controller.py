@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -16,8 +17,12 @@ from ..host.tokens import prompt_tokens
 from . import types
 from .common import cond_fingerprint
 
-NODE = "Attention Controller"
+NODE = types.display_name("Attention Controller")
 MODES = ["replace", "refine"]
+PAPER_VALUES = {"cross_replace": 0.8, "self_replace": 0.5, "blend_threshold": 0.3, "blend_start": 0.2}
+#: The local-blend mask keeps attention above the threshold of the max-normalised map, so 1.0 would select
+#: nothing: the core accepts [0, 1) and the widget stops at this value.
+BLEND_THRESHOLD_MAX = 0.99
 
 
 def encode(clip, text: str) -> list:
@@ -41,7 +46,13 @@ def build_control(clip, source_prompt: str, target_prompts: str, mode: str, cros
         return NodeInputError(NODE, input_name, str(err), fix)
 
     if mode not in MODES:
-        raise NodeInputError(NODE, "mode", f"unknown mode '{mode}'.", f"choose one of {MODES}.")
+        raise NodeInputError(NODE, "mode", f"unknown mode '{mode}'.", f"choose one of {', '.join(MODES)}.")
+    # The numbers first, each against the bounds its widget has (the core refuses the same values).
+    for name, value, top in (("cross_replace", cross_replace, 1.0), ("self_replace", self_replace, 1.0),
+                             ("blend_threshold", blend_threshold, BLEND_THRESHOLD_MAX), ("blend_start", blend_start, 1.0)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= top):
+            raise NodeInputError(NODE, name, f"{value} is outside 0..{top:g}.",
+                                 f"use a value from 0 to {top:g} (the paper uses {PAPER_VALUES[name]:g}).")
     try:
         source = prompt_tokens(clip, source_prompt)
     except PromptError as e:
@@ -70,7 +81,8 @@ def build_control(clip, source_prompt: str, target_prompts: str, mode: str, cros
                                word_windows=windows, self_replace=self_replace, reweight=weights, blend_words=blend,
                                blend_start=blend_start, blend_threshold=blend_threshold)
     # Validate now (errors show on this node), one input at a time so the error names the input that is wrong.
-    fixes = {"target_prompts": "for word swaps keep the same number of words, or choose mode 'refine'.",
+    fixes = {"target_prompts": "keep the same number of words for a word swap, or choose mode 'refine' to add or "
+                               "remove words.",
              "word_windows": "use words of the target prompts and windows within 0..1 with start <= end.",
              "reweight": "reweight words that appear in the target prompt(s).",
              "blend_words": "choose blend words that appear in the source or target prompt(s)."}
@@ -105,7 +117,8 @@ class AttentionController(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="NTP_AttentionController",
-            display_name="Attention Controller (Null-text P2P)",
+            display_name=NODE,
+            **types.search_aliases('attention control', 'word swap', 'replace words', 'refine', 'reweight', 'local blend', 'edit prompt'),
             category=f"{types.CATEGORY}/editing",
             description="Prompt-to-Prompt: the edited prompts take the source prompt's attention maps so that only "
                         "what the changed words describe changes. Word swap (replace), added words (refine), "
@@ -120,7 +133,7 @@ class AttentionController(io.ComfyNode):
                 io.String.Input("word_windows", default="", tooltip="Optional per-word cross-replace windows, e.g. 'tiger=0.0-0.4; sofa=0.6' (a single number x means 0..x). Empty: use cross_replace for all words."),
                 io.String.Input("reweight", default="", tooltip="Optional word=factor list applied to the target prompt's attention, e.g. 'tiger=2, fluffy=0.5' (>1 strengthens, <1 weakens, negative removes)."),
                 io.String.Input("blend_words", default="", tooltip="Optional local blend words, e.g. 'cat, tiger': only the region these words attend to may change; the rest stays the reconstruction. Empty: no local blend."),
-                io.Float.Input("blend_threshold", default=0.3, min=0.0, max=1.0, step=0.01, tooltip="Local blend mask threshold on the max-normalised attention map (0.3 in the paper). Lower grows the edited region."),
+                io.Float.Input("blend_threshold", default=0.3, min=0.0, max=BLEND_THRESHOLD_MAX, step=0.01, tooltip="Local blend mask threshold on the max-normalised attention map (0.3 in the paper). Lower grows the edited region."),
                 io.Float.Input("blend_start", default=0.2, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the steps after which local blend starts (0.2 in the paper)."),
             ],
             outputs=[

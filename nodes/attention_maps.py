@@ -16,7 +16,7 @@ from ..core.values import EditResult  # noqa: F401  (the type of 'attention'; ch
 from ..host.errors import NodeInputError
 from . import types
 
-NODE = "Attention Maps"
+NODE = types.display_name("Attention Maps")
 
 
 def pick_image(image: Optional[torch.Tensor], row: int, n_rows: int) -> Optional[torch.Tensor]:
@@ -62,7 +62,7 @@ def make_grid(attention: "EditResult", image: Optional[torch.Tensor], row: int, 
                                                 "an Attention Controller.",
                              "connect an Attention Controller's 'control' and 'target' to Edited Sample.")
     if normalize not in NORMALIZE_MODES:
-        raise NodeInputError(NODE, "normalize", f"unknown normalisation '{normalize}'.", f"choose one of {list(NORMALIZE_MODES)}.")
+        raise NodeInputError(NODE, "normalize", f"unknown normalisation '{normalize}'.", f"choose one of {', '.join(NORMALIZE_MODES)}.")
     try:
         wanted = parse_word_list(words) if words.strip() else None
     except PromptError as e:
@@ -86,7 +86,8 @@ class AttentionMaps(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="NTP_AttentionMaps",
-            display_name="Attention Maps (Null-text P2P)",
+            display_name=NODE,
+            **types.search_aliases('cross attention', 'heat map', 'heatmap', 'attention map', 'daam'),
             category=f"{types.CATEGORY}/editing",
             description="Shows which region each word of a prompt attended to during Edited Sample (cross-attention "
                         "averaged over steps, layers and heads): one labelled heat-map tile per word, over the "

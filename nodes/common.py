@@ -27,7 +27,37 @@ def single_latent(latent: dict, node: str, input_name: str = "latent") -> torch.
     if samples.shape[1] != 4:
         raise NodeInputError(node, input_name, f"the latent has {samples.shape[1]} channels, SD 1.x/2.x and SDXL latents have 4.",
                              "encode the image with the VAE of the same checkpoint.")
+    check_finite(samples, node, input_name, "the latent holds NaN or infinite values, as a VAE overflowing in float16 "
+                 "gives (the edit would come out black)", LATENT_FIX)
     return samples
+
+
+#: What to do about a latent with NaN/inf in it (nearly always an fp16 VAE overflow).
+LATENT_FIX = ("encode the image again with the VAE in float32 (start ComfyUI with --fp32-vae) or with a VAE that is "
+              "safe in float16, then run again.")
+#: What to do when the model itself produces NaN/inf.
+MODEL_FIX = ("run the model in float32 (start ComfyUI with --force-fp32) or bfloat16 (--bf16-unet), and check that "
+             "the checkpoint loads without warnings.")
+
+
+def non_finite_count(tensor: torch.Tensor) -> int:
+    """How many values of ``tensor`` are NaN or infinite (0 for integer tensors)."""
+    if not tensor.is_floating_point():
+        return 0
+    return int((~torch.isfinite(tensor)).sum())
+
+
+def check_finite(tensor: torch.Tensor, node: str, input_name: str, problem: str, fix: str) -> None:
+    """Refuse a tensor holding NaN or inf: ``problem`` (with the count) against ``input_name``."""
+    bad = non_finite_count(tensor)
+    if bad:
+        raise NodeInputError(node, input_name, f"{problem} ({bad} of {tensor.numel()} values).", fix)
+
+
+def check_finite_inversion(inversion: Inversion, node: str, input_name: str = "inversion") -> None:
+    check_finite(inversion.latents, node, input_name, "the inversion holds NaN or infinite latents",
+                 "invert again from a finite latent (DDIM Invert refuses NaN latents), or load a saved inversion that "
+                 "is not damaged.")
 
 
 def cond_fingerprint(emb: torch.Tensor) -> str:
@@ -80,7 +110,10 @@ def checked_source(model, inversion, source, node: str) -> torch.Tensor:
     source prompt); returns the source embedding."""
     check_model_family(model, node)
     check_inversion(inversion, node)
+    check_finite_inversion(inversion, node)
     check_same_model(model, inversion, node)
     emb = text_condition(model, source, node, "source")
+    check_finite(emb, node, "source", "the source prompt embedding holds NaN or infinite values",
+                 "encode the caption with this checkpoint's CLIP (CLIP Text Encode).")
     check_source_matches(emb, inversion, node)
     return emb

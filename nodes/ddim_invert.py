@@ -12,13 +12,14 @@ from comfy_api.latest import io
 from ..core.ddim import ddim_invert
 from ..core.schedule import DDIMSchedule
 from ..core.values import Inversion
+from ..host.errors import NodeInputError
 from ..host.model_fingerprint import model_fingerprint
 from ..host.text_condition import text_condition
 from ..host.unet import HostUNet, alphas_cumprod, check_model_family, load_model
 from . import types
-from .common import interrupt_check, single_latent, step_progress
+from .common import MODEL_FIX, check_finite, interrupt_check, single_latent, step_progress
 
-NODE = "DDIM Invert"
+NODE = types.display_name("DDIM Invert")
 
 
 def run_inversion(model, source, latent: dict, steps: int, node: str = NODE) -> Inversion:
@@ -26,7 +27,7 @@ def run_inversion(model, source, latent: dict, steps: int, node: str = NODE) -> 
     family = check_model_family(model, node)
     samples = single_latent(latent, node)
     if steps < 1 or steps > 1000:
-        raise ValueError(f"[{node}] input 'steps': {steps} is out of range. Fix: use 1..1000 (50 is the reference).")
+        raise NodeInputError(node, "steps", f"{steps} is out of range.", "use 1..1000 (50 is the reference).")
     emb = text_condition(model, source, node, "source")
     load_model(model)
     schedule = DDIMSchedule.from_alphas_cumprod(alphas_cumprod(model), steps)
@@ -36,6 +37,7 @@ def run_inversion(model, source, latent: dict, steps: int, node: str = NODE) -> 
     interrupt_check()
     with torch.no_grad():
         trajectory = ddim_invert(lambda x, t, c: unet.eps(x, t, c, 0), schedule, z0, emb, on_step)
+    check_finite(trajectory, node, "model", "the model returned NaN or infinite values while inverting", MODEL_FIX)
     offload = comfy.model_management.intermediate_device()
     return Inversion(
         latents=trajectory.to(offload, torch.float32),
@@ -57,7 +59,8 @@ class DDIMInvert(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="NTP_DDIMInvert",
-            display_name="DDIM Invert (Null-text P2P)",
+            display_name=NODE,
+            **types.search_aliases('inversion', 'invert', 'ddim inversion', 'invert image', 'image to noise'),
             category=f"{types.CATEGORY}/inversion",
             description="Runs DDIM backwards from the image latent to noise with the source prompt (guidance 1), "
                         "keeping every latent of the way: the pivot trajectory that Null-Text Optimize and "

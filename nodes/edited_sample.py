@@ -25,9 +25,9 @@ from ..host.unet import load_model
 from ..host.unet_layers import attention_layers, blend_downsample
 from . import types
 from .attention_controller import build_edit
-from .common import check_guidance, checked_source, cond_fingerprint
+from .common import MODEL_FIX, check_finite, check_guidance, checked_source, cond_fingerprint
 
-NODE = "Edited Sample"
+NODE = types.display_name("Edited Sample")
 
 
 def check_null_embeddings(null: NullEmbeddings, inversion: Inversion, node: str) -> None:
@@ -40,6 +40,11 @@ def check_null_embeddings(null: NullEmbeddings, inversion: Inversion, node: str)
     if null.inversion_fingerprint != inversion.fingerprint:
         raise NodeInputError(node, "null_embeddings", "they were optimised for another inversion (another image, prompt, model or step count).",
                              "connect the Null-Text Optimize that was fed this DDIM Invert's inversion.")
+    check_finite(null.embeddings, node, "null_embeddings", "they hold NaN or infinite values",
+                 "optimise them again (Null-Text Optimize refuses a NaN loss) or load a saved inversion that is not damaged.")
+    if null.latent_offsets is not None:
+        check_finite(null.latent_offsets, node, "null_embeddings", "their Direct Inversion offsets hold NaN or infinite "
+                     "values", "run Fast Inversion again from a finite inversion.")
 
 
 def user_mask(mask, mask_combine: str, n_edits: int, latent_hw: tuple[int, int], node: str = NODE) -> Optional[torch.Tensor]:
@@ -170,6 +175,7 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
     callback = latent_preview.prepare_callback(patcher, schedule.steps) if preview else None
     out = sample_from_inversion(patcher, x_T, schedule, positive, negative, guidance,
                                 ddim_sampler(after_step if needs_hook else None), callback)
+    check_finite(out, node, "model", "sampling returned NaN or infinite values (the images would be black)", MODEL_FIX)
     prompts = [control.source, *control.targets] if control is not None else []
     edit_mask = None if applied[0] is None else applied[0].detach().to("cpu", torch.float32)
     return out, EditResult(cross_maps=patch.mean_maps(), map_hw=patch.map_hw,
@@ -181,7 +187,8 @@ class EditedSample(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="NTP_EditedSample",
-            display_name="Edited Sample (Null-text P2P)",
+            display_name=NODE,
+            **types.search_aliases('edit image', 'image editing', 'sample', 'reconstruction', 'inversion'),
             category=f"{types.CATEGORY}/editing",
             description="Samples from the inversion's x_T with the optimised null embeddings: row 0 is the "
                         "reconstruction of the photo, rows 1.. the edits (one per target prompt), with "

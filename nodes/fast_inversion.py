@@ -14,9 +14,9 @@ from ..host.errors import NodeInputError
 from ..host.text_condition import text_condition
 from ..host.unet import HostUNet, load_model
 from . import types
-from .common import check_guidance, checked_source, step_progress
+from .common import MODEL_FIX, check_finite, check_guidance, checked_source, step_progress
 
-NODE = "Fast Inversion"
+NODE = types.display_name("Fast Inversion")
 METHODS = ["negative-prompt", "direct-inversion"]
 
 
@@ -25,7 +25,7 @@ def run_fast_inversion(model, source, null, inversion: Inversion, method: str, g
     """Per-step values without optimisation; returns them and the reconstruction latent (model space)."""
     cond = checked_source(model, inversion, source, node)
     if method not in METHODS:
-        raise NodeInputError(node, "method", f"unknown method '{method}'.", f"choose one of {METHODS}.")
+        raise NodeInputError(node, "method", f"unknown method '{method}'.", f"choose one of {', '.join(METHODS)}.")
     check_guidance(guidance, node, "use the guidance you will edit with (7.5).")
     load_model(model)
     schedule = inversion.schedule
@@ -44,6 +44,9 @@ def run_fast_inversion(model, source, null, inversion: Inversion, method: str, g
             offsets = direct_inversion_offsets(lambda x, t, c: unet.eps(x, t, c, 0), schedule, trajectory, cond,
                                                null_emb, guidance, on_step, eps_uncond_fn=lambda x, t, c: unet.eps(x, t, c, 1))
             final = trajectory[0]  # the source row follows the trajectory exactly, by construction
+    check_finite(final, node, "model", "the model returned NaN or infinite values", MODEL_FIX)
+    if offsets is not None:
+        check_finite(offsets, node, "model", "the model returned NaN or infinite values", MODEL_FIX)
     value = NullEmbeddings(
         embeddings=embeddings.to(offload, torch.float32),
         inversion_fingerprint=inversion.fingerprint,
@@ -59,7 +62,8 @@ class FastInversion(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="NTP_FastInversion",
-            display_name="Fast Inversion (Null-text P2P)",
+            display_name=NODE,
+            **types.search_aliases('inversion', 'direct inversion', 'negative prompt inversion', 'pnp inversion'),
             category=f"{types.CATEGORY}/inversion",
             description="A fast replacement for Null-Text Optimize with the same output: negative-prompt inversion "
                         "(the source prompt as the null text; no extra UNet passes for the embeddings) or Direct "

@@ -28,11 +28,11 @@ from ..host.errors import NodeInputError
 from ..host.model_fingerprint import model_config_name, model_fingerprint
 from ..host.text_condition import pooled_dim, to_conditioning
 from . import types
-from .common import check_inversion, interrupt_check
+from .common import check_finite, check_inversion, interrupt_check
 from .edited_sample import check_null_embeddings
 
-SAVE_NODE = "Save Inversion"
-LOAD_NODE = "Load Inversion"
+SAVE_NODE = types.display_name("Save Inversion")
+LOAD_NODE = types.display_name("Load Inversion")
 SUBFOLDER = "nulltext_p2p"
 EXTENSION = ".safetensors"
 MAX_NAME = 150
@@ -154,7 +154,8 @@ class SaveInversion(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="NTP_SaveInversion",
-            display_name="Save Inversion (Null-text P2P)",
+            display_name=SAVE_NODE,
+            **types.search_aliases('save inversion', 'inversion', 'safetensors'),
             category=f"{types.CATEGORY}/io",
             description="Saves the inversion and its null embeddings to one safetensors file in "
                         "output/nulltext_p2p/, so the slow part runs once: load it later with Load Inversion and "
@@ -248,6 +249,10 @@ def load_inversion(model, inversion_file: str, node: str = LOAD_NODE) -> tuple[L
         raise NodeInputError(node, "inversion_file", f"'{inversion_file}' is not in {inversion_dir()}.",
                              "save one with Save Inversion, or copy the file into that folder, then refresh the page.")
     loaded = read_inversion_file(path, node, "inversion_file")
+    for what, tensor in (("latents", loaded.inversion.latents), ("null embeddings", loaded.null.embeddings)):
+        check_finite(tensor, node, "inversion_file", f"the file's {what} hold NaN or infinite values",
+                     "save the inversion again from a run that finished without NaN (Null-Text Optimize refuses a "
+                     "NaN loss).")
     offload = comfy.model_management.intermediate_device()
     loaded.inversion.latents = loaded.inversion.latents.to(offload)
     loaded.inversion.source_context = loaded.inversion.source_context.to(offload)
@@ -263,7 +268,8 @@ class LoadInversion(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="NTP_LoadInversion",
-            display_name="Load Inversion (Null-text P2P)",
+            display_name=LOAD_NODE,
+            **types.search_aliases('load inversion', 'inversion', 'safetensors'),
             category=f"{types.CATEGORY}/io",
             description="Loads an inversion and its null embeddings saved by Save Inversion (from "
                         "output/nulltext_p2p/) and checks it: format version, every tensor, and that MODEL is "
@@ -306,12 +312,13 @@ class LoadInversion(io.ComfyNode):
         except NodeInputError as e:
             return str(e)
         if not os.path.isfile(path):
-            return (f"[{LOAD_NODE}] input 'inversion_file': '{inversion_file}' is not in {inversion_dir()}. Fix: save "
-                    "one with Save Inversion, or copy the file into that folder, then refresh the page.")
+            return str(NodeInputError(LOAD_NODE, "inversion_file", f"'{inversion_file}' is not in {inversion_dir()}.",
+                                      "save one with Save Inversion, or copy the file into that folder, then refresh "
+                                      "the page."))
         try:
             serialization.check_header(_read_metadata(path, LOAD_NODE, "inversion_file"))
         except NodeInputError as e:
             return str(e)
         except FormatError as e:
-            return f"[{LOAD_NODE}] input 'inversion_file': {inversion_file}: {e}"
+            return str(NodeInputError(LOAD_NODE, "inversion_file", f"{inversion_file}: {e.problem}", e.fix))
         return True

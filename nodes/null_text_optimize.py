@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
-from ..core.null_text import NullTextSettings, optimize_null_embeddings
+from ..core.null_text import NonFiniteLossError, NullTextSettings, optimize_null_embeddings
 from ..core.values import Inversion, NullEmbeddings
 from ..host.errors import NodeInputError
 from ..host.text_condition import text_condition
 from ..host.unet import HostUNet, grad_capable_weights, load_model, recomputed_transformers
 from . import types
-from .common import check_guidance, checked_source, interrupt_check
+from .common import MODEL_FIX, check_finite, check_guidance, checked_source, interrupt_check
 
-NODE = "Null-Text Optimize"
+NODE = types.display_name("Null-Text Optimize")
 
 
 def run_null_text(model, source, null, inversion: Inversion, guidance: float, inner_steps: int, epsilon: float,
@@ -24,6 +26,8 @@ def run_null_text(model, source, null, inversion: Inversion, guidance: float, in
     """Optimise the per-step null embeddings; returns them and the reconstruction latent (model space)."""
     cond = checked_source(model, inversion, source, node)
     null_emb = text_condition(model, null, node, "null")
+    check_finite(null_emb, node, "null", "the null embedding holds NaN or infinite values",
+                 "encode the empty prompt \"\" with this checkpoint's CLIP (CLIP Text Encode).")
     check_guidance(guidance, node, "use the guidance you will edit with (7.5 in the paper).")
     if inner_steps < 0:
         raise NodeInputError(node, "inner_steps", f"{inner_steps} is negative.", "use 10 (the paper) or fewer for speed.")
@@ -42,10 +46,15 @@ def run_null_text(model, source, null, inversion: Inversion, guidance: float, in
             torch.inference_mode(False):
         device = unet.device
         trajectory = inversion.latents.to(device).clone()
-        result = optimize_null_embeddings(
-            lambda x, t, c: unet.eps(x, t, c, 0), schedule, trajectory, cond.to(device).clone(),
-            null_emb.to(device, torch.float32).clone(), settings, on_iteration,
-            eps_uncond_fn=lambda x, t, c: unet.eps(x, t, c, 1))
+        try:
+            result = optimize_null_embeddings(
+                lambda x, t, c: unet.eps(x, t, c, 0), schedule, trajectory, cond.to(device).clone(),
+                null_emb.to(device, torch.float32).clone(), settings, on_iteration,
+                eps_uncond_fn=lambda x, t, c: unet.eps(x, t, c, 1))
+        except NonFiniteLossError as e:
+            raise NodeInputError(node, "model", f"the model returned NaN or infinite values: {e} (a NaN loss "
+                                 "gives black images).", MODEL_FIX) from None
+    check_finite(result.final_latent, node, "model", "the reconstruction came out NaN or infinite", MODEL_FIX)
     offload = comfy.model_management.intermediate_device()
     value = NullEmbeddings(
         embeddings=result.embeddings.detach().to(offload, torch.float32),
@@ -63,11 +72,16 @@ class NullTextOptimize(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="NTP_NullTextOptimize",
-            display_name="Null-Text Optimize (Null-text P2P)",
+            display_name=NODE,
+            **types.search_aliases('inversion', 'null text optimization', 'optimise', 'optimize', 'real image editing'),
             category=f"{types.CATEGORY}/inversion",
             description="Optimises one unconditional ('null-text') embedding per DDIM step so that guided sampling from "
                         "x_T follows the inversion back to the image (Mokady et al. 2023). Slow: up to "
                         "steps x inner steps UNet forward+backward passes; run it once and edit many times.",
+            # An output node: the host then also sends its status ("N inner iterations ...") when its result comes from
+            # the cache (ComfyUI 0.33 sends nothing for a cached node that is not an output), so the node always shows
+            # the status of the embeddings it passes on. It runs (or is taken from the cache) whenever queued.
+            is_output_node=True,
             inputs=[
                 io.Model.Input("model", tooltip="The same model (SD 1.x/2.x or SDXL) used for DDIM Invert."),
                 io.Conditioning.Input("source", tooltip="The same source prompt CONDITIONING used for DDIM Invert."),
@@ -89,5 +103,13 @@ class NullTextOptimize(io.ComfyNode):
         value, final = run_null_text(model, source, null, inversion, guidance, inner_steps, epsilon,
                                      memory_saving=bool(memory_saving))
         recon = {"samples": model.model.process_latent_out(final)}
-        return io.NodeOutput(value, recon, ui={"text": [
-            f"{value.total_iterations} inner iterations over {value.steps} steps; last loss {value.losses[-1]:.3g}"]})
+        return io.NodeOutput(value, recon, ui={"text": [status_text(value)]})
+
+
+def status_text(value: NullEmbeddings) -> str:
+    """The line shown on the node after a run (losses are finite here: a NaN loss is an error)."""
+    losses = [x for x in value.losses if math.isfinite(x)]
+    if not losses:
+        return f"no optimisation (inner_steps 0): {value.steps} steps with the plain null embedding"
+    return (f"{value.total_iterations} inner iterations over {value.steps} steps; "
+            f"last loss {losses[-1]:.3g} (mean {sum(losses) / len(losses):.3g})")

@@ -10,7 +10,7 @@ from ..core.image_metrics import PSNR_CAP_DB, SSIM_WINDOW, psnr, ssim
 from ..host.errors import NodeInputError
 from . import types
 
-NODE = "Reconstruction Check"
+NODE = types.display_name("Reconstruction Check")
 
 
 def _image(img, input_name: str) -> torch.Tensor:
@@ -50,7 +50,8 @@ class ReconstructionCheck(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="NTP_ReconstructionCheck",
-            display_name="Reconstruction Check (Null-text P2P)",
+            display_name=NODE,
+            **types.search_aliases('psnr', 'ssim', 'reconstruction quality', 'compare images', 'inversion'),
             category=f"{types.CATEGORY}/inversion",
             description="How close the reconstruction is to the photo: PSNR (dB) and SSIM of every reconstruction "
                         "row against the first source image (the outputs are those of row 0, the "

@@ -91,6 +91,25 @@ def test_grid_has_one_tile_per_word(n, columns, expect_cols):
         assert float(label.max()) > 0.5, "label text drawn under the tile"
 
 
+@pytest.mark.parametrize("tile,n", [(512, 6), (512, 9), (1024, 6), (768, 4)])
+def test_labels_read_in_a_node_preview(tile, n):
+    """The grid shown in a node about 400 px wide (the preview scales it to fit): the label text is at least 11 px
+    high on screen at 100 % zoom (it used to be about 6 px), and the ink really is that tall."""
+    from nulltext_p2p.core.attention_maps import assemble_grid
+
+    tiles = torch.zeros(n, tile, tile, 3)
+    labels = ["sitting"] * n  # ascender to descender: 't', 'g'
+    grid, layout = assemble_grid(tiles, labels)
+    scale = 400 / grid.shape[2]
+    t, l, b, r = layout.tile_box(0)
+    ink = grid[0, b:b + layout.label_h, l:r, 0] > 0.5
+    rows = ink.any(dim=1).nonzero()
+    ink_px = int(rows.max() - rows.min() + 1)
+    assert ink_px * scale >= 11, (ink_px, scale, layout.label_h)
+    cols = ink.any(dim=0).nonzero()
+    assert int(cols.max() - cols.min() + 1) < r - l - 4, "the word fits its tile"
+
+
 def test_heat_tiles_any_aspect_ratio_and_overlay():
     from nulltext_p2p.core.attention_maps import colorize, heat_tiles
 
@@ -192,7 +211,7 @@ def test_node_errors_name_the_input_and_word(edits):
     from nulltext_p2p.nodes.attention_maps import make_grid
 
     stats = edits[(16, 16)]
-    with pytest.raises(NodeInputError, match=r"\[Attention Maps\] input 'words': the word 'cat' is not in the prompt"):
+    with pytest.raises(NodeInputError, match=r"\[Null-text P2P: Attention Maps\] input 'words': the word 'cat' is not in the prompt"):
         make_grid(stats, None, 1, "tiger, cat", "each", 0)  # row 1 is the tiger edit
     with pytest.raises(NodeInputError, match=r"input 'row': row 5 does not exist"):
         make_grid(stats, None, 5, "", "each", 0)

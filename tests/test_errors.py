@@ -27,7 +27,7 @@ def test_wrong_model_family_is_refused(pipeline):
     with pytest.raises(NodeInputError) as e:
         run_inversion(flow, source, image_latent(model), 4)
     msg = str(e.value)
-    assert "[DDIM Invert] input 'model'" in msg and "SD 1.x" in msg and "Fix:" in msg
+    assert "[Null-text P2P: DDIM Invert] input 'model'" in msg and "SD 1.x" in msg and "Fix:" in msg
 
 
 def test_latent_batch_and_steps_are_checked(pipeline):
@@ -36,12 +36,12 @@ def test_latent_batch_and_steps_are_checked(pipeline):
 
     model, clip, source, null, inv, value, final = pipeline
     two = {"samples": torch.cat([image_latent(model)["samples"]] * 2)}
-    with pytest.raises(NodeInputError, match=r"\[DDIM Invert\] input 'latent'.*2 images.*Fix:"):
+    with pytest.raises(NodeInputError, match=r"\[Null-text P2P: DDIM Invert\] input 'latent'.*2 images.*Fix:"):
         run_inversion(model, source, two, 4)
     sd3_latent = {"samples": torch.zeros(1, 16, 16, 16)}  # a LATENT from a 16-channel VAE (SD3/Flux)
-    with pytest.raises(NodeInputError, match=r"\[DDIM Invert\] input 'latent'.*16 channels.*Fix:"):
+    with pytest.raises(NodeInputError, match=r"\[Null-text P2P: DDIM Invert\] input 'latent'.*16 channels.*Fix:"):
         run_inversion(model, source, sd3_latent, 4)
-    with pytest.raises(ValueError, match=r"\[DDIM Invert\] input 'steps'.*0"):
+    with pytest.raises(ValueError, match=r"\[Null-text P2P: DDIM Invert\] input 'steps'.*0"):
         run_inversion(model, source, image_latent(model), 0)
 
 
@@ -70,7 +70,7 @@ def test_source_prompt_must_match_the_inversion(pipeline):
     from nulltext_p2p.nodes.null_text_optimize import run_null_text
 
     model, clip, source, null, inv, value, final = pipeline
-    with pytest.raises(NodeInputError, match=r"\[Null-Text Optimize\] input 'source'.*not the one DDIM Invert used"):
+    with pytest.raises(NodeInputError, match=r"\[Null-text P2P: Null-Text Optimize\] input 'source'.*not the one DDIM Invert used"):
         run_null_text(model, encode(clip, "a dog on a sofa"), null, inv, 7.5, 1, 1e-5)
 
 
@@ -166,9 +166,9 @@ def test_out_of_range_numbers_name_the_input(pipeline):
     from nulltext_p2p.nodes.null_text_optimize import run_null_text
 
     model, clip, source, null, inv, value, final = pipeline
-    with pytest.raises(NodeInputError, match=r"\[Null-Text Optimize\] input 'guidance'"):
+    with pytest.raises(NodeInputError, match=r"\[Null-text P2P: Null-Text Optimize\] input 'guidance'"):
         run_null_text(model, source, null, inv, -1.0, 10, 1e-5)
-    with pytest.raises(NodeInputError, match=r"\[Edited Sample\] input 'guidance'"):
+    with pytest.raises(NodeInputError, match=r"\[Null-text P2P: Edited Sample\] input 'guidance'"):
         run_edit(model, inv, value, source, None, None, -2.0, preview=False)
 
 
@@ -182,7 +182,7 @@ def test_inversion_from_another_checkpoint_is_refused(pipeline):
     model, clip, source, null, inv, value, final = pipeline
     assert inv.model_fingerprint == model_fingerprint(model)
     foreign = dataclasses.replace(inv, model_fingerprint="0123456789abcdef")  # as made by another checkpoint
-    with torch.inference_mode(), pytest.raises(NodeInputError, match=r"\[Edited Sample\] input 'model'.*checkpoint"):
+    with torch.inference_mode(), pytest.raises(NodeInputError, match=r"\[Null-text P2P: Edited Sample\] input 'model'.*checkpoint"):
         run_edit(model, foreign, value, source, None, None, 7.5, preview=False)
 
 
@@ -231,3 +231,121 @@ def test_prompts_over_77_tokens_without_attention_control(pipeline, tiny_model):
     assert torch.isfinite(out).all()
     rel = float(((out - nt_final) ** 2).mean() / (nt_final ** 2).mean())
     assert rel < 1e-8, rel  # the host sampler with the wrapper reproduces the optimiser's reconstruction
+
+
+def test_error_messages_read_once_with_full_stops():
+    """'[<display name>] input '<x>': <problem>. Fix: <fix>.': the problem and the fix each end a sentence once."""
+    from nulltext_p2p.host.errors import NodeInputError
+
+    msg = str(NodeInputError("Null-text P2P: Attention Controller", "mode", "unknown mode 'swap'", "choose one of replace, refine"))
+    assert msg == ("[Null-text P2P: Attention Controller] input 'mode': unknown mode 'swap'. "
+                   "Fix: choose one of replace, refine.")
+    assert str(NodeInputError("N", "x", "bad.", "do this!")) == "[N] input 'x': bad. Fix: do this!"
+
+
+def test_word_count_error_gives_the_advice_once(pipeline):
+    from nulltext_p2p.host.errors import NodeInputError
+
+    model, clip, *_ = pipeline
+    with pytest.raises(NodeInputError) as e:
+        control_for(clip, "a big tiger sitting on a table", "a cat sitting on a table")
+    msg = str(e.value)
+    assert msg.startswith("[Null-text P2P: Attention Controller] input 'target_prompts': ")
+    assert msg.count("refine") == 1 and '"' not in msg, msg  # advice once, one kind of quotes
+    problem, fix = msg.split(" Fix: ")
+    assert problem.endswith(" words.") and fix.endswith(".") and "choose mode 'refine'" in fix
+
+
+@pytest.mark.parametrize("name,value", [("blend_threshold", 1.0), ("blend_threshold", -0.1), ("blend_start", 1.5),
+                                        ("cross_replace", 1.2), ("self_replace", -1.0), ("blend_threshold", float("nan"))])
+def test_controller_numbers_outside_their_bounds_blame_that_input(pipeline, name, value):
+    """A number outside what the core accepts is refused against its own input, even with blend words given (the
+    threshold used to be refused as "input 'blend_words'")."""
+    from nulltext_p2p.host.errors import NodeInputError
+
+    model, clip, *_ = pipeline
+    with pytest.raises(NodeInputError) as e:
+        control_for(clip, "a tiger sitting on a table", "a cat sitting on a table", blend_words="cat, tiger",
+                    **{name: value})
+    assert f"input '{name}'" in str(e.value) and "blend_words" not in str(e.value), str(e.value)
+
+
+def test_controller_schema_bounds_are_what_the_core_accepts(pipeline):
+    """Every value the widgets allow (their min and max) builds a control; the core refuses blend_threshold 1.0,
+    so the widget stops below it."""
+    from nulltext_p2p.nodes.attention_controller import AttentionController
+
+    model, clip, *_ = pipeline
+    schema = AttentionController.define_schema()
+    bounds = {i.id: (i.min, i.max) for i in schema.inputs if i.id in ("cross_replace", "self_replace",
+                                                                       "blend_threshold", "blend_start")}
+    assert bounds["blend_threshold"][1] < 1.0
+    for name, (lo, hi) in bounds.items():
+        for value in (lo, hi):
+            control_for(clip, "a tiger sitting on a table", "a cat sitting on a table", blend_words="cat, tiger",
+                        **{name: value})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_latent_is_refused_at_ddim_invert(pipeline, bad):
+    """What an fp16 VAE overflow gives: refused by the first node, naming the input and the fix."""
+    from nulltext_p2p.host.errors import NodeInputError
+    from nulltext_p2p.nodes.ddim_invert import run_inversion
+
+    model, clip, source, *_ = pipeline
+    latent = image_latent(model)
+    latent["samples"] = latent["samples"].clone()
+    latent["samples"][0, 1, 3, 4] = bad
+    with pytest.raises(NodeInputError) as e:
+        run_inversion(model, source, latent, 4)
+    msg = str(e.value)
+    assert msg.startswith("[Null-text P2P: DDIM Invert] input 'latent': ") and "NaN or infinite" in msg
+    assert "1 of 1024 values" in msg and "--fp32-vae" in msg
+
+
+def test_nan_inputs_are_refused_downstream_too(pipeline):
+    """An inversion or null embeddings holding NaN (a damaged file, another pack's node) are refused by Null-Text
+    Optimize, Fast Inversion and Edited Sample before any sampling, each naming its input."""
+    import dataclasses
+
+    from nulltext_p2p.host.errors import NodeInputError
+    from nulltext_p2p.nodes.edited_sample import run_edit
+    from nulltext_p2p.nodes.fast_inversion import run_fast_inversion
+    from nulltext_p2p.nodes.null_text_optimize import run_null_text
+
+    model, clip, source, null, inv, value, final = pipeline
+    latents = inv.latents.clone()
+    latents[-1, 0, 0, 0, 0] = float("nan")
+    bad_inv = dataclasses.replace(inv, latents=latents)
+    with torch.inference_mode():
+        with pytest.raises(NodeInputError, match=r"Null-Text Optimize\] input 'inversion': .*NaN"):
+            run_null_text(model, source, null, bad_inv, 7.5, 1, 1e-5)
+        with pytest.raises(NodeInputError, match=r"Fast Inversion\] input 'inversion': .*NaN"):
+            run_fast_inversion(model, source, null, bad_inv, "negative-prompt", 7.5)
+        emb = value.embeddings.clone()
+        emb[2] = float("inf")
+        with pytest.raises(NodeInputError, match=r"Edited Sample\] input 'null_embeddings': .*NaN or infinite"):
+            run_edit(model, inv, dataclasses.replace(value, embeddings=emb), source, None, None, 7.5, preview=False)
+
+
+def test_nan_loss_is_an_error_not_a_result(pipeline):
+    """A model that overflows (here: a wrapper that turns the UNet output to NaN) stops Null-Text Optimize with an
+    error naming the step, instead of 'last loss nan' and black images."""
+    import comfy.patcher_extension
+    from nulltext_p2p.host.errors import NodeInputError
+    from nulltext_p2p.nodes.null_text_optimize import run_null_text, status_text
+
+    model, clip, source, null, inv, value, final = pipeline
+    broken = model.clone()
+
+    def overflow(executor, *args, **kwargs):
+        return executor(*args, **kwargs) * float("nan")
+
+    broken.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_overflow", overflow)
+    with torch.inference_mode(), pytest.raises(NodeInputError) as e:
+        run_null_text(broken, source, null, inv, 7.5, 2, 1e-5)
+    msg = str(e.value)
+    assert "[Null-text P2P: Null-Text Optimize] input 'model'" in msg and "step 1 of" in msg and "nan" in msg.lower()
+    assert "--force-fp32" in msg
+    text = status_text(value)
+    assert "nan" not in text.lower() and "inner iterations" in text and "last loss" in text

@@ -115,5 +115,5 @@ def test_different_sizes_are_refused_with_a_fix(node):
         node.execute(a[None], b[None])
     msg = str(e.value)
     print(msg)
-    assert "[Reconstruction Check] input 'reconstruction'" in msg and "24x16" in msg and "24x20" in msg
+    assert "[Null-text P2P: Reconstruction Check] input 'reconstruction'" in msg and "24x16" in msg and "24x20" in msg
     assert "Upscale Image" in msg and "Fix:" in msg

@@ -382,7 +382,7 @@ def test_word_swap_converts_with_the_hosts_definitions(host_defs):
     by_title = {n["_meta"]["title"]: (nid, n) for nid, n in prompt.items()}
     assert "Note" not in {n["class_type"] for n in prompt.values()}
     _, load = by_title["Load Image (your photo)"]
-    assert load["inputs"] == {"image": "example.png"}  # the editor's "upload" widget value is not an input
+    assert load["inputs"] == {"image": "nulltext_p2p_example.png"}  # the editor's "upload" widget value is not an input
     caption_id, _ = by_title["Source caption"]
     _, ctrl = by_title["Attention Controller"]
     assert ctrl["class_type"] == "NTP_AttentionController"

@@ -64,7 +64,7 @@ def load_error(io_nodes, pipeline, name) -> str:
         load(io_nodes, pipeline, name)
     msg = str(e.value)
     print(msg)
-    assert msg.startswith("[Load Inversion] input 'inversion_file':") and "Fix:" in msg
+    assert msg.startswith("[Null-text P2P: Load Inversion] input 'inversion_file':") and "Fix:" in msg
     # refused at queue time too (header problems) or at run time (tensor problems)
     return msg
 
@@ -225,12 +225,12 @@ def test_unsafe_names_are_refused(io_nodes, pipeline, out_dir, bad):
         save(io_nodes, pipeline, prefix=bad)
     msg = str(e.value)
     print(msg)
-    assert msg.startswith("[Save Inversion] input 'filename_prefix':") and "Fix:" in msg
+    assert msg.startswith("[Null-text P2P: Save Inversion] input 'filename_prefix':") and "Fix:" in msg
     assert not out_dir.exists() or os.listdir(out_dir) == []
     assert not os.path.exists("/tmp/abs_00001.safetensors")
     res = io_nodes.LoadInversion.validate_inputs(bad + ".safetensors")
-    assert isinstance(res, str) and res.startswith("[Load Inversion] input 'inversion_file':")
-    assert "[Load Inversion] input 'inversion_file':" in load_error(io_nodes, pipeline, bad + ".safetensors")
+    assert isinstance(res, str) and res.startswith("[Null-text P2P: Load Inversion] input 'inversion_file':")
+    assert "[Null-text P2P: Load Inversion] input 'inversion_file':" in load_error(io_nodes, pipeline, bad + ".safetensors")
 
 
 def test_write_is_atomic(io_nodes, pipeline, out_dir, monkeypatch):
@@ -331,7 +331,7 @@ def test_save_refuses_mismatched_null_embeddings(io_nodes, pipeline, out_dir):
     stray = NullEmbeddings(value.embeddings, "0123456789abcdef", 7.5)
     with pytest.raises(NodeInputError) as e:
         io_nodes.SaveInversion.execute(model, inv, stray, "cat", "")
-    assert "[Save Inversion] input 'null_embeddings'" in str(e.value)
+    assert "[Null-text P2P: Save Inversion] input 'null_embeddings'" in str(e.value)
     assert not out_dir.exists() or os.listdir(out_dir) == []
 
 
