@@ -158,14 +158,28 @@ class HostUNet:
         self.sample_sigmas = sample_sigmas
         self.calls = 0  # forward evaluations (benchmarks)
         self.pooled_dim = pooled_dim(patcher)  # > 0: contexts are packed with a pooled row (SDXL)
+        self._adm_sizes: dict = {}  # (h, w, pooled width) -> size embeddings on the device (see adm)
 
     def adm(self, pooled: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The ADM input ``y`` for pooled text vectors, with the size embeddings the host's sampler uses by default
-        (image size = latent size x 8, no crop). Differentiable in ``pooled``."""
+        (image size = latent size x 8, no crop). Differentiable in ``pooled``.
+
+        The host's ``encode_adm`` returns ``[pooled | size embeddings]`` and computes the size part on the CPU
+        (moving the pooled vector there and back: a device sync per call). The size part does not depend on the
+        pooled vector, so it is made once per image size with the host's ``encode_adm`` and kept on the device;
+        ``y`` is then the same concatenation, made where the pooled vector is."""
         h, w = int(x.shape[-2]) * 8, int(x.shape[-1]) * 8
-        y = self.base.encode_adm(pooled_output=pooled, width=w, height=h, crop_w=0, crop_h=0,
-                                 target_width=w, target_height=h, device=self.device)
-        return y.to(self.device, torch.float32)
+        key = (h, w, pooled.shape[-1])
+        size = self._adm_sizes.get(key)
+        if size is None:
+            with torch.no_grad():
+                probe = torch.zeros(1, pooled.shape[-1], dtype=torch.float32)
+                full = self.base.encode_adm(pooled_output=probe, width=w, height=h, crop_w=0, crop_h=0,
+                                            target_width=w, target_height=h, device=self.device)
+            size = full[:, pooled.shape[-1]:].to(self.device, torch.float32)
+            self._adm_sizes[key] = size
+        pooled = pooled.to(self.device, torch.float32)
+        return torch.cat([pooled, size.expand(pooled.shape[0], -1)], dim=1)
 
     def _transformer_options(self, sigma: torch.Tensor, cond_or_uncond: list[int]) -> dict:
         opts = comfy.patcher_extension.copy_nested_dicts(self.model_options.get("transformer_options", {}))

@@ -200,3 +200,10 @@ def test_eps_pair_equals_two_calls_sd1_and_sdxl(pipeline, tiny_sdxl):
         with torch.no_grad():
             HostUNet(patcher_wrapper).eps_pair(x, 501, unc, cond)
         assert seen == [[1, 0]]  # the host's row convention reaches model wrappers
+        if unet.pooled_dim:  # the ADM input, size part cached on the device, is exactly the host's encode_adm
+            pooled = torch.cat([unc, cond])[:, -1, :unet.pooled_dim]
+            h, w = int(x.shape[-2]) * 8, int(x.shape[-1]) * 8
+            host_y = patcher.model.encode_adm(pooled_output=pooled, width=w, height=h, crop_w=0, crop_h=0,
+                                              target_width=w, target_height=h, device=unet.device)
+            for _ in range(2):  # first call fills the cache, second uses it
+                assert torch.equal(unet.adm(pooled, x), host_y.to(torch.float32))
