@@ -1,13 +1,26 @@
 """Benchmark: the cost and quality of DDIM inversion, null-text optimisation, fast modes and an edit.
 
-    python bench/run_bench.py                       # tiny random model on CPU, 50 steps at 64 px (~4 min, 2 cores)
-    python bench/run_bench.py --steps 10 --size 128 --repeat 3        # shorter trajectory, larger latent
+    python bench/run_bench.py                       # tiny random model on CPU, 50 steps at 64 px (2 cores)
+    python bench/run_bench.py --size 128 --steps 50 --repeat 3       # the reference comparison (quiet machine)
     python bench/run_bench.py --tiny-sdxl           # the tiny SDXL-layout model
+    python bench/run_bench.py --random-unet sd15    # full-size random-weight SD 1.5 UNet on the GPU, 512 px
     python bench/run_bench.py --checkpoint /path/v1-5-pruned-emaonly.safetensors --image photo.jpg
 
-Prints one table (UNet forward evaluations and backward passes per phase, inner iterations, wall time, peak
-memory, reconstruction latent MSE and decoded PSNR) and writes it as JSON (--json). The baseline "reference" row
-is the authors' NullInversion transcribed in bench/reference_nti.py, run on the same model and inputs.
+Prints one table (UNet forward evaluations and backward passes per phase, inner iterations, wall time, CPU
+utilisation, peak memory, reconstruction latent MSE and decoded PSNR) and writes it as JSON (--json, rewritten after
+every phase) and optionally as markdown (--markdown).
+
+The peer is the authors' NullInversion (bench/reference_nti.py, the notebook's null_optimization with only the model
+call adapted), run on the same model and inputs twice: with the model's weights frozen (requires_grad False: the
+headline peer, the fair comparison of the algorithm) and as published (weights requiring grad, as a diffusers UNet
+has them, so every backward also computes all weight gradients).
+
+CPU utilisation of a timed run = process CPU time (user + system of all the process's threads, time.process_time)
+/ (wall time x T), T = min(torch.get_num_threads(), CPUs this process may run on). A compute-bound run on an idle
+machine reads 0.95-1.00; other processes competing for the cores lower it, and they slow the two implementations by
+different amounts (the weight-gradient path far more), so on a CPU the script refuses to report wall-time ratios
+when any timed run of a compared phase reads below 0.9 (it prints which). On a GPU the check does not apply (the
+CPU waits for the device) and is not made.
 """
 
 from __future__ import annotations
@@ -17,16 +30,34 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from typing import Optional
+from typing import Callable, Optional
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]  # the repo's nodes/ shadows the host's
+
+#: Below this CPU utilisation a timed CPU run does not measure this code (see the module docstring).
+MIN_CPU_UTIL = 0.9
+
+#: Results equal to the reference: reconstruction latent max |diff| at most this ...
+RECON_TOLERANCE = 1e-3
+#: ... and the inner-iteration count differing (by one) at no more than this fraction of the steps: a step's float32
+#: loss can lie within rounding of the early-stop threshold, and the two implementations then stop one apart.
+ITERATION_FLIP_TOLERANCE = 0.1
+
+ALL_PHASES = ("plain", "reference", "published", "options", "memory_saving", "reference_memory_saving", "precision",
+              "fast", "edit")
+DEFAULT_PHASES = tuple(p for p in ALL_PHASES if p != "reference_memory_saving")
+
+OURS = "null-text (ours, default)"
+REF_FROZEN = "null-text (reference, weights frozen)"
+REF_PUBLISHED = "null-text (reference as published, weight grads)"
 
 
 def import_pack():
@@ -35,6 +66,7 @@ def import_pack():
     os.symlink(REPO, os.path.join(link_dir, "nulltext_p2p"), target_is_directory=True)
     sys.path.insert(0, link_dir)
     sys.path.insert(0, str(REPO / "tests"))  # tiny_model, helpers
+    sys.path.insert(0, str(REPO / "bench"))  # reference_nti, random_unet
     __import__("nulltext_p2p")
 
 
@@ -93,7 +125,9 @@ class PeakMemory:
     def measure(self, out: dict):
         cuda = self.torch.cuda.is_available()
         if cuda:
+            self.torch.cuda.synchronize()
             self.torch.cuda.reset_peak_memory_stats()
+            out["gpu_start_mib"] = round(self.torch.cuda.memory_allocated() / 2 ** 20, 1)
         kernel = self._hwm_bytes() is not None and self._reset_hwm()
         stop = threading.Event()
         peak = [0]
@@ -124,58 +158,118 @@ class PeakMemory:
                 out["peak_gpu_mib"] = round(self.torch.cuda.max_memory_allocated() / 2 ** 20, 1)
 
 
+def cpu_threads() -> int:
+    """The T of the CPU-utilisation definition: torch's intra-op threads, at most the CPUs this process may use."""
+    import torch
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cpus))
+
+
+def timed(fn: Callable, cuda: bool):
+    """(result, wall seconds, CPU utilisation) of ``fn()``; on CUDA the device is synchronised before both clocks."""
+    import torch
+
+    if cuda:
+        torch.cuda.synchronize()
+    c0, t0 = time.process_time(), time.perf_counter()
+    result = fn()
+    if cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    return result, round(wall, 3), round(cpu / (wall * cpu_threads()), 3) if wall > 0 else None
+
+
 @contextmanager
-def weights_require_grad(module):
-    """As a diffusers UNet (the reference's setting): every weight requires grad inside the block; afterwards the
-    flags are as before and the accumulated gradients are dropped."""
+def weights_require_grad(module, flag: bool = True):
+    """Every weight of ``module`` requires grad (``flag`` True: a diffusers UNet's setting, the reference as published)
+    or not (False: frozen) inside the block; afterwards the flags are as before and any gradients are dropped."""
     flags = [(p, p.requires_grad) for p in module.parameters()]
     try:
         for p, _ in flags:
-            p.requires_grad_(True)
+            p.requires_grad_(flag)
         yield
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+        for p, old in flags:
+            p.requires_grad_(old)
             p.grad = None
 
 
 def warm_up(model, source, null, latent, guidance: float, weight_grads: bool = True) -> None:
     """One untimed pass of every kind of work, so no timed phase pays first-call costs (allocator pools, kernel
-    selection): a 2-step inversion, null-text for 2 steps x 2 iterations, and a forward+backward with weight
-    gradients as the reference runs it."""
+    selection): a 2-step inversion, null-text for 2 steps x 2 iterations, Direct Inversion both ways (batch-1 and
+    batch-2 calls), and a forward+backward with weight gradients as the published reference runs it."""
     import torch
+    from nulltext_p2p.host.text_condition import text_condition
+    from nulltext_p2p.host.unet import HostUNet
     from nulltext_p2p.nodes.ddim_invert import run_inversion
+    from nulltext_p2p.nodes.fast_inversion import run_fast_inversion
     from nulltext_p2p.nodes.null_text_optimize import run_null_text
 
     with torch.inference_mode():
         inv = run_inversion(model, source, latent, 2)
         run_null_text(model, source, null, inv, guidance, 2, 0.0)
+        for pairs in (False, True):
+            run_fast_inversion(model, source, null, inv, "direct-inversion", guidance, batch_pairs=pairs)
     if weight_grads:
         diffusion = model.model.diffusion_model
+        unet = HostUNet(model)
         with weights_require_grad(diffusion):
             x = inv.latents[-1].to(model.load_device).clone()
-            t = torch.full((1,), 500.0, device=x.device)
-            diffusion(x, timesteps=t, context=source[0][0].to(x.device).clone()).float().pow(2).mean().backward()
+            ctx = text_condition(model, source, "bench", "source").to(x.device).clone()
+            raw_unet(model, unet)(x, 500, ctx).float().pow(2).mean().backward()
     print("bench: warm-up done (untimed)", flush=True)
 
 
-def time_pairs(rows: list, fns: dict, repeat: int) -> None:
-    """Run each of ``fns`` (phase name -> callable) ``repeat - 1`` more times, alternating which goes first, and
-    set its row's ``wall_s`` to the median of all its runs (``wall_runs`` keeps them)."""
-    import statistics
+def raw_unet(model, host_unet):
+    """The reference's model call: the raw diffusion model (no host wrappers), eps for DDPM-scaled ``x`` at integer
+    timestep ``t``. Inputs are cast to the model's compute dtype and the output to float32, as the host's
+    ``apply_model`` does, so the reference's embedding and Adam stay float32 for a float16/bfloat16 model too. For
+    SDXL the context is packed (``host.text_condition``: token rows + a pooled row) and the pooled vector enters the
+    ADM input ``y`` exactly as in ours (``HostUNet.adm``), so the reference optimises the same tensor."""
+    import torch
+    from nulltext_p2p.host.text_condition import unpack
 
+    diffusion = model.model.diffusion_model
+    dtype = host_unet.dtype
+    dim = host_unet.pooled_dim
+
+    def call(x, t, ctx):
+        b = x.shape[0]
+        tokens, pooled = unpack(ctx, dim)
+        if tokens.shape[0] != b:
+            tokens = tokens.expand(b, -1, -1)
+        kw = {}
+        if pooled is not None:
+            kw["y"] = host_unet.adm(pooled.expand(b, -1) if pooled.shape[0] != b else pooled, x).to(dtype)
+        tt = torch.full((b,), float(t), device=x.device, dtype=torch.float32)
+        return diffusion(x.to(dtype), timesteps=tt, context=tokens.to(dtype), **kw).float()
+
+    return call
+
+
+def time_pairs(rows: list, fns: dict, repeat: int, cuda: bool) -> None:
+    """Run each of ``fns`` (phase name -> callable) ``repeat - 1`` more times, alternating the order (forward, then
+    backward), and set its row's ``wall_s`` to the median of all its runs (``wall_runs`` and ``cpu_util_runs`` keep
+    every run; run k of each phase belongs to pair k)."""
     by_name = {r["phase"]: r for r in rows}
-    runs = {name: [by_name[name]["wall_s"]] for name in fns}
-    names = list(fns)
+    names = [n for n in fns if n in by_name]
+    runs = {n: [by_name[n]["wall_s"]] for n in names}
+    utils = {n: [by_name[n].get("cpu_util")] for n in names}
     for k in range(1, repeat):
         for name in (names[::-1] if k % 2 else names):
-            t0 = time.perf_counter()
-            fns[name]()
-            runs[name].append(round(time.perf_counter() - t0, 3))
-            print(f"  {name:<34} {runs[name][-1]:8.2f} s  (repeat {k + 1}/{repeat})", flush=True)
-    for name, walls in runs.items():
-        by_name[name]["wall_runs"] = walls
-        by_name[name]["wall_s"] = round(statistics.median(walls), 3)
+            _, wall, util = timed(fns[name], cuda)
+            runs[name].append(wall)
+            utils[name].append(util)
+            print(f"  {name:<52} {wall:8.2f} s  cpu util {util}  (repeat {k + 1}/{repeat})", flush=True)
+    for name in names:
+        by_name[name]["wall_runs"] = runs[name]
+        by_name[name]["cpu_util_runs"] = utils[name]
+        by_name[name]["wall_s"] = round(statistics.median(runs[name]), 3)
 
 
 def psnr(a, b) -> float:
@@ -183,50 +277,199 @@ def psnr(a, b) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
+def compare(ours: dict, ref: dict) -> dict:
+    """Ours against a reference run: embedding and reconstruction differences, iteration counts, tolerance."""
+    import torch
+
+    delta = ours["value"].embeddings.to(ref["embs"].device) - ref["embs"]
+    it_o, it_r = list(ours["iterations"]), list(ref["iterations"])
+    equal_steps = sum(a == b for a, b in zip(it_o, it_r))
+    flips_ok = all(abs(a - b) <= 1 for a, b in zip(it_o, it_r)) and \
+        (len(it_o) - equal_steps) <= ITERATION_FLIP_TOLERANCE * len(it_o)
+    recon = float((ours["recon"].cpu().float() - ref["recon"].cpu().float()).abs().max())
+    return {
+        "max_embedding_diff_vs_ours": float(delta.abs().max()),
+        "rms_embedding_diff_vs_ours": float(delta.pow(2).mean().sqrt()),
+        "recon_diff_vs_ours": recon,
+        "iterations_equal": it_o == it_r,
+        "steps_with_equal_iterations": f"{equal_steps}/{len(it_o)}",
+        "iterations_total": {"ours": int(sum(it_o)), "reference": int(sum(it_r))},
+        "results_equal_within_tolerance": bool(recon <= RECON_TOLERANCE and flips_ok and torch.isfinite(delta).all()),
+    }
+
+
+def ratio_section(rows: list, pairs: list, on_cpu: bool) -> dict:
+    """Wall-time ratios ours / reference for ``pairs`` [(ours phase, reference phase, label)], with per-pair ratios,
+    or the reason they are withheld (CPU runs below MIN_CPU_UTIL)."""
+    by_name = {r["phase"]: r for r in rows}
+    pairs = [(o, r, label) for o, r, label in pairs if o in by_name and r in by_name]
+    if not pairs:
+        return {}
+    if on_cpu:
+        low = []
+        for o, r, _ in pairs:
+            for name in (o, r):
+                for k, u in enumerate(by_name[name].get("cpu_util_runs") or [by_name[name].get("cpu_util")]):
+                    if u is None or u < MIN_CPU_UTIL:
+                        low.append(f"{name} run {k + 1}: {u}")
+        if low:
+            return {"withheld": True, "reason": (
+                f"CPU utilisation below {MIN_CPU_UTIL} in {len(low)} timed run(s) ({'; '.join(sorted(set(low)))}): "
+                "other processes competed for the cores, and they slow ours and the reference by different amounts, "
+                "so these wall times do not compare the two implementations. Rerun on an idle machine.")}
+    out = {"withheld": False, "utilisation_checked": on_cpu, "ratios": {}}
+    for o, r, label in pairs:
+        ro, rr = by_name[o], by_name[r]
+        entry = {"ours": o, "reference": r, "median_ratio": round(ro["wall_s"] / rr["wall_s"], 3)}
+        wo, wr = ro.get("wall_runs"), rr.get("wall_runs")
+        if wo and wr and len(wo) == len(wr):
+            entry["pair_ratios"] = [round(a / b, 3) for a, b in zip(wo, wr)]
+        out["ratios"][label] = entry
+    return out
+
+
+def targets_section(report: dict) -> dict:
+    """The issue's targets that apply to this run (checked only where ratios were reported)."""
+    s, by_name = report["settings"], {r["phase"]: r for r in report["phases"]}
+    ratios = report.get("ratios", {})
+    frozen = (ratios.get("ratios") or {}).get("ours / reference (weights frozen)", {}).get("median_ratio")
+    equal = (by_name.get(REF_FROZEN) or {}).get("results_equal_within_tolerance")
+    out = {}
+    if s["device"] == "cpu" and s["checkpoint"] == "tiny" and s["inner"] == 10 and s["steps"] in (10, 50):
+        limit = 0.87 if s["steps"] == 50 else 0.95
+        out["cpu_no_regression"] = {"limit_ratio_vs_frozen": limit, "ratio": frozen, "results_equal": equal,
+                                    "met": None if frozen is None else bool(frozen <= limit and equal)}
+    if s["device"].startswith("cuda") and s["checkpoint"] == "random-sd15-full" and s["size"] == 512 \
+            and s["steps"] == 50 and s["inner"] == 10:
+        ours = by_name.get(OURS, {})
+        peak = ours.get("peak_gpu_mib")
+        out["gpu_sd15_512"] = {
+            "ours_wall_s": ours.get("wall_s"), "limit_s": 20.0,
+            "peak_gpu_gb": None if peak is None else round(peak * 2 ** 20 / 1e9, 2), "limit_gb": 6.0,
+            "ratio_vs_frozen": frozen, "limit_ratio": 0.8, "results_equal": equal,
+            "met": bool(ours.get("wall_s", 1e9) < 20.0 and peak is not None and peak * 2 ** 20 < 6e9
+                        and frozen is not None and frozen <= 0.8 and equal),
+        }
+    return out
+
+
+COLS = ["phase", "wall_s", "cpu_util", "unet_evals", "unet_calls", "backward", "inner_iterations", "peak_rss_mib",
+        "peak_gpu_mib", "latent_mse", "psnr_db"]
+
+
+def render_markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = [f"### {s['checkpoint']}: {s['steps']} steps, {s['size']} px, inner {s['inner']}, guidance {s['guidance']}, "
+             f"device {s['device']} ({report['machine'].get('device_name', '')})", ""]
+    lines.append("| " + " | ".join(COLS) + " |")
+    lines.append("|" + "---|" * len(COLS))
+    for r in report["phases"]:
+        cells = []
+        for c in COLS:
+            v = r.get(c, "")
+            if c == "latent_mse" and v != "":
+                v = f"{v:.3e}"
+            elif c == "wall_s" and r.get("wall_runs"):
+                v = f"{v} ({' / '.join(str(w) for w in r['wall_runs'])})"
+            elif c == "cpu_util" and r.get("cpu_util_runs"):
+                v = " / ".join(str(u) for u in r["cpu_util_runs"])
+            cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for r in report["phases"]:
+        if "results_equal_within_tolerance" in r:
+            lines.append(f"- {r['phase']} vs ours: embeddings max |diff| {r['max_embedding_diff_vs_ours']:.2e} (rms "
+                         f"{r['rms_embedding_diff_vs_ours']:.2e}), reconstruction max |diff| {r['recon_diff_vs_ours']:.2e}, "
+                         f"steps with equal iterations {r['steps_with_equal_iterations']}, equal within tolerance: "
+                         f"{r['results_equal_within_tolerance']}")
+    ratios = report.get("ratios") or {}
+    if ratios.get("withheld"):
+        lines.append(f"- **ratios withheld**: {ratios['reason']}")
+    for label, e in (ratios.get("ratios") or {}).items():
+        pr = f" (pairs {', '.join(str(x) for x in e['pair_ratios'])})" if e.get("pair_ratios") else ""
+        lines.append(f"- {label}: **{e['median_ratio']}x**{pr}")
+    if ratios and not ratios.get("withheld") and not ratios.get("utilisation_checked"):
+        lines.append("- (GPU run: CPU utilisation not checked)")
+    for name, t in (report.get("targets") or {}).items():
+        lines.append(f"- target {name}: {json.dumps(t)}")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--comfyui", help="ComfyUI checkout (default: COMFYUI_PATH, then ~/ComfyUI)")
     ap.add_argument("--checkpoint", help="an SD 1.x/2.x or SDXL checkpoint; default: the tiny random test model")
     ap.add_argument("--tiny-sdxl", action="store_true",
-                    help="use the tiny random SDXL-layout test model (tests/tiny_sdxl.py) instead of the SD 1.x one; "
-                         "the authors' reference is SD 1.x code and is skipped")
-    ap.add_argument("--image", help="an image file; default: a synthetic image (tiny model: a synthetic latent)")
-    ap.add_argument("--size", type=int, default=None, help="image side in px (default 512; tiny models 64 for SD 1.x, 128 for SDXL)")
+                    help="use the tiny random SDXL-layout test model (tests/tiny_sdxl.py) instead of the SD 1.x one")
+    ap.add_argument("--random-unet", choices=["sd15", "sdxl"],
+                    help="a random-weight UNet built with the host's classes directly on the device (bench/random_unet.py): "
+                         "full-size SD 1.5 (860 M) or SDXL (2.6 B); random text conditions, a synthetic latent, no CLIP/VAE "
+                         "(so no PSNR and no edit phase). Uses the GPU when there is one")
+    ap.add_argument("--random-scale", choices=["full", "tiny"], default="full",
+                    help="with --random-unet: the real size (default) or the same layout narrow (CPU checks of bench/gpu.sh)")
+    ap.add_argument("--image", help="an image file; default: a synthetic image (tiny and random models: a synthetic latent)")
+    ap.add_argument("--size", type=int, default=None,
+                    help="image side in px (default 512, SDXL 1024; tiny models 64 for SD 1.x, 128 for SDXL; "
+                         "--random-scale tiny 64)")
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50, the paper's)")
     ap.add_argument("--inner", type=int, default=10, help="inner iterations (default 10)")
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--cpu", action="store_true", help="force the CPU")
-    ap.add_argument("--skip-reference", action="store_true", help="do not run the reference baseline")
+    ap.add_argument("--phases", default=",".join(DEFAULT_PHASES),
+                    help="comma-separated phase groups to run besides the inversion and ours (default: %(default)s). "
+                         f"All: {', '.join(ALL_PHASES)}. 'reference' is the frozen-weight reference (the headline peer), "
+                         "'published' the reference with weight gradients, 'reference_memory_saving' the frozen "
+                         "reference under the same gradient checkpointing as ours with memory_saving, 'precision' the "
+                         "--precision runs (ours and, with 'reference', the frozen reference), 'fast' negative-prompt "
+                         "inversion and Direct Inversion with batch-1 and batch-2 calls")
+    ap.add_argument("--skip", default="", help="comma-separated phase groups to leave out of --phases")
+    ap.add_argument("--skip-reference", action="store_true", help="leave out both reference runs")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="time ours and the reference this many times each, in alternating order, and report the "
-                         "median (CPU timings vary by ~10%% from run to run)")
+                    help="time ours and the references this many times each, in alternating order, and report the "
+                         "medians and the per-pair ratios (CPU timings vary by ~10%% from run to run)")
     ap.add_argument("--flush-denormal", action="store_true",
                     help="flush denormal floats to zero on the CPU (torch.set_flush_denormal), to check whether "
                          "denormal arithmetic affects CPU timings (it made no clear difference on the tiny model)")
     ap.add_argument("--precision", action="append", default=[], choices=["fp16", "bf16"],
                     help="also run null-text with the model in this dtype (embedding stays fp32)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random models and conditions")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
+    ap.add_argument("--markdown", help="also write the table and comparisons as markdown here")
     args = ap.parse_args(argv)
+    phases = {p.strip() for p in args.phases.split(",") if p.strip()} - {p.strip() for p in args.skip.split(",")}
+    unknown = phases - set(ALL_PHASES)
+    if unknown:
+        ap.error(f"unknown phase group(s) {sorted(unknown)}; choose from {', '.join(ALL_PHASES)}")
+    if args.skip_reference:
+        phases -= {"reference", "published", "reference_memory_saving"}
+    if sum(bool(x) for x in (args.checkpoint, args.tiny_sdxl, args.random_unet)) > 1:
+        ap.error("choose one of --checkpoint, --tiny-sdxl, --random-unet")
 
     sys.path.insert(0, str(REPO))
     from runner.host import find_comfyui, setup_host  # noqa: E402
 
-    tiny = args.checkpoint is None
+    random_mode = args.random_unet is not None
+    tiny = args.checkpoint is None and not random_mode  # the tiny SD 1.x checkpoint or the tiny SDXL model
     sys.path.insert(0, str(REPO / "tests"))
     from torchvision_placeholder import install_torchvision_placeholder
 
     if install_torchvision_placeholder():
-        print("bench: torchvision unusable here, placeholder installed (SD 1.x never uses it)")
-    host = setup_host(find_comfyui(args.comfyui), cpu=args.cpu or tiny)
+        print("bench: torchvision unusable here, placeholder installed (SD 1.x/SDXL UNets never use it)")
+    import torch
+
+    no_gpu = random_mode and not torch.cuda.is_available()  # the tiny models always run on the CPU
+    if no_gpu and not args.cpu:
+        print("bench: no CUDA GPU: the random UNet is built on the CPU")
+    host = setup_host(find_comfyui(args.comfyui), cpu=args.cpu or tiny or no_gpu)
     if str(REPO) in sys.path:
         sys.path.remove(str(REPO))
     import_pack()
-    import torch
 
     from helpers import encode, image_latent, make_test_image  # tests/helpers.py
     from nulltext_p2p.core.ddim import ddim_sample
     from nulltext_p2p.host.text_condition import text_condition
-    from nulltext_p2p.host.unet import HostUNet, alphas_cumprod
+    from nulltext_p2p.host.unet import HostUNet, alphas_cumprod, check_model_family, recomputed_transformers
     from nulltext_p2p.nodes.attention_controller import build_control
     from nulltext_p2p.nodes.ddim_invert import run_inversion
     from nulltext_p2p.nodes.edited_sample import run_edit
@@ -234,8 +477,16 @@ def main(argv=None) -> int:
     from nulltext_p2p.nodes.null_text_optimize import run_null_text
     import comfy.sd
 
+    comfy_mm = host.model_management
+    device = comfy_mm.get_torch_device()
+    cuda = torch.device(device).type == "cuda"
+    on_cpu = torch.device(device).type == "cpu"
     steps = args.steps or 50
-    size = args.size or ((128 if args.tiny_sdxl else 64) if tiny else 512)
+    if random_mode:
+        default_size = 64 if args.random_scale == "tiny" else (1024 if args.random_unet == "sdxl" else 512)
+    else:
+        default_size = (128 if args.tiny_sdxl else 64) if tiny else 512
+    size = args.size or default_size
     ckpt = args.checkpoint
     if tiny and not args.tiny_sdxl:
         from tiny_model import build_tiny_sd15_checkpoint
@@ -243,6 +494,12 @@ def main(argv=None) -> int:
         ckpt = build_tiny_sd15_checkpoint(os.path.join(tempfile.mkdtemp(prefix="ntp_bench_ckpt_"), "tiny.safetensors"))
 
     def load(dtype=None):
+        """(MODEL, CLIP, VAE) in ``dtype`` (None: the host's choice; random models: float32)."""
+        if random_mode:
+            from random_unet import build_random_model
+
+            m = build_random_model(args.random_unet, device, dtype or torch.float32, args.seed, args.random_scale)
+            return m, None, None
         if args.tiny_sdxl:
             from tiny_sdxl import build_tiny_sdxl
 
@@ -254,14 +511,18 @@ def main(argv=None) -> int:
     if args.flush_denormal and not torch.set_flush_denormal(True):
         print("bench: this CPU cannot flush denormals; timings as without --flush-denormal")
     model, clip, vae = load()
-    from nulltext_p2p.host.unet import check_model_family
+    family = check_model_family(model, "bench")
+    if random_mode:
+        from random_unet import random_conditions, unet_parameters
 
-    if check_model_family(model, "bench") == "SDXL" and not args.skip_reference:
-        print("bench: SDXL model: the authors' reference is SD 1.x code (no pooled vector); it is skipped")
-        args.skip_reference = True
-    model_name = "tiny-sdxl" if args.tiny_sdxl else ("tiny" if tiny else ckpt)
+        model_name = f"random-{args.random_unet}-{args.random_scale}"
+        source, null = random_conditions(args.random_unet, args.seed)
+        print(f"bench: {model_name}: {unet_parameters(model) / 1e6:.1f} M UNet parameters ({family}), built on {device}")
+    else:
+        model_name = "tiny-sdxl" if args.tiny_sdxl else ("tiny" if tiny else ckpt)
     source_text, target_text = "a cat sitting on a table", "a tiger sitting on a table"
-    source, null = encode(clip, source_text), encode(clip, "")
+    if clip is not None:
+        source, null = encode(clip, source_text), encode(clip, "")
     if args.image:
         from PIL import Image
         import numpy as np
@@ -270,9 +531,9 @@ def main(argv=None) -> int:
         image = torch.from_numpy(np.asarray(im).astype("float32") / 255.0)[None]
     else:
         image = make_test_image(size, size)
-    latent = image_latent(model, size // 8, size // 8) if (tiny and not args.image) else {"samples": vae.encode(image)}
+    synthetic_latent = (tiny or random_mode) and not args.image
+    latent = image_latent(model, size // 8, size // 8, seed=args.seed) if synthetic_latent else {"samples": vae.encode(image)}
 
-    comfy_mm = host.model_management
     comfy_mm.load_models_gpu([model])
     counters = [Counter(model.model.diffusion_model)]
 
@@ -281,46 +542,74 @@ def main(argv=None) -> int:
     mem = PeakMemory(torch)
     rows: list[dict] = []
     state: dict = {}
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+               "cpus": os.cpu_count(), "cpu_threads_T": cpu_threads(), "torch": torch.__version__,
+               "comfyui": str(host.path), "device": str(device)}
+    if cuda:
+        machine["device_name"] = torch.cuda.get_device_name(device)
+    report = {
+        "machine": machine,
+        "settings": {"steps": steps, "size": size, "inner": args.inner, "guidance": args.guidance,
+                     "flush_denormal": bool(args.flush_denormal), "repeat": args.repeat, "checkpoint": model_name,
+                     "family": family, "device": str(device), "phases": sorted(phases), "precision": args.precision,
+                     "min_cpu_util": MIN_CPU_UTIL},
+        "phases": rows,
+        "partial": True,
+    }
 
-    def decode_psnr(z_model) -> float:
+    def write_report() -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+        os.replace(tmp, args.json)
+
+    def decode_psnr(z_model) -> Optional[float]:
+        if vae is None:
+            return None
         img = vae.decode(model.model.process_latent_out(z_model.to(torch.float32)))
-        ref = vae.decode(latent["samples"]) if tiny and not args.image else image
-        return psnr(img[..., :3].cpu().clamp(0, 1), ref[..., :3].cpu().clamp(0, 1))
+        ref = vae.decode(latent["samples"]) if synthetic_latent else image
+        return round(psnr(img[..., :3].cpu().clamp(0, 1), ref[..., :3].cpu().clamp(0, 1)), 2)
 
     def phase(name: str, fn, z0=None, note: str = ""):
         row = {"phase": name, "note": note}
         f0, r0, b0 = snapshot()
         with mem.measure(row):
-            t0 = time.perf_counter()
-            result = fn()
-            row["wall_s"] = round(time.perf_counter() - t0, 3)
+            result, row["wall_s"], row["cpu_util"] = timed(fn, cuda)
         f1, r1, b1 = snapshot()
         row.update(unet_calls=f1 - f0, unet_evals=r1 - r0, backward=b1 - b0)
         rec = result.get("recon") if isinstance(result, dict) else None
         if rec is not None and z0 is not None:
             row["latent_mse"] = float(((rec.double().cpu() - z0.double().cpu()) ** 2).mean())
-            row["psnr_db"] = round(decode_psnr(rec), 2)
+            p = decode_psnr(rec)
+            if p is not None:
+                row["psnr_db"] = p
         if isinstance(result, dict) and "iterations" in result:
             row["inner_iterations"] = int(sum(result["iterations"]))
         rows.append(row)
-        print(f"  {name:<34} {row['wall_s']:8.2f} s  evals {row['unet_evals']:5d}  backward {row['backward']:5d}", flush=True)
+        gpu = f"  gpu peak {row['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in row else ""
+        print(f"  {name:<52} {row['wall_s']:8.2f} s  cpu util {row['cpu_util']}  evals {row['unet_evals']:5d}  "
+              f"calls {row['unet_calls']:5d}  backward {row['backward']:5d}{gpu}", flush=True)
+        write_report()
         return result
 
-    print(f"bench: {steps} steps, {size}px, inner {args.inner}, guidance {args.guidance}, "
-          f"device {comfy_mm.get_torch_device()}, checkpoint {model_name}", flush=True)
-    warm_up(model, source, null, latent, args.guidance, weight_grads=not args.skip_reference)
+    print(f"bench: {steps} steps, {size}px, inner {args.inner}, guidance {args.guidance}, device {device}, "
+          f"checkpoint {model_name}, phases {','.join(sorted(phases))}", flush=True)
+    warm_up(model, source, null, latent, args.guidance, weight_grads="published" in phases)
     inv = phase("ddim inversion", lambda: {"inv": run_inversion(model, source, latent, steps)})["inv"]
     z0 = inv.latents[0]
     unet = HostUNet(model)
     source_c, null_c = (text_condition(model, c, "bench", n) for c, n in ((source, "source"), (null, "null")))
     plain_nulls = null_c.unsqueeze(0).expand(steps, *null_c.shape)
 
-    def plain():
-        with torch.no_grad():
-            return {"recon": ddim_sample(lambda x, t, c: unet.eps(x, t, c), inv.schedule, inv.x_T, source_c,
-                                         plain_nulls, args.guidance)}
+    if "plain" in phases:
+        def plain():
+            with torch.no_grad():
+                return {"recon": ddim_sample(lambda x, t, c: unet.eps(x, t, c), inv.schedule, inv.x_T, source_c,
+                                             plain_nulls, args.guidance,
+                                             eps_pair_fn=unet.eps_pair if unet.batches_pairs else None)}
 
-    phase("plain DDIM @ guidance (no NTI)", plain, z0, "reconstruction without null-text")
+        phase("plain DDIM @ guidance (no NTI)", plain, z0, "reconstruction without null-text")
 
     def inversion_for(m):
         """The inversion made with ``m`` (a model loaded in another dtype can have another fingerprint: the nodes
@@ -338,105 +627,112 @@ def main(argv=None) -> int:
         with torch.inference_mode():  # as ComfyUI runs nodes
             value, final = run_null_text(m, source, null, m_inv or inv, args.guidance, inner, eps,
                                          memory_saving=memory_saving)
-        state.setdefault("values", {})[(inner, eps)] = value
         return {"recon": final, "iterations": value.iterations, "value": value}
 
-    r_ours = phase("null-text (ours, default)", ours, z0, "reference semantics")
-    if not args.skip_reference:
-        sys.path.insert(0, str(REPO / "bench"))
+    def reference(m=model, m_inv=None, frozen=True, memory_saving=False):
+        """The authors' null_optimization on ``m`` (see raw_unet), weights frozen or requiring grad."""
         from reference_nti import ReferenceNullInversion
 
-        diffusion = model.model.diffusion_model
+        diffusion = m.model.diffusion_model
+        host_unet = HostUNet(m)
+        src, nul = (text_condition(m, c, "bench", n) for c, n in ((source, "source"), (null, "null")))
+        traj_inv = m_inv or inv
 
-        def reference():
-            with weights_require_grad(diffusion):
-                def raw_unet(x, t, ctx):
-                    tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
-                    return diffusion(x, timesteps=tt, context=ctx.expand(x.shape[0], -1, -1) if ctx.shape[0] == 1 else ctx)
-
-                ref = ReferenceNullInversion(raw_unet, alphas_cumprod(model), steps, args.guidance)
-                dev = comfy_mm.get_torch_device()
-                traj = [z.to(dev) for z in inv.latents]
-                embs, iters, final = ref.null_optimization(traj, null[0][0].to(dev), source[0][0].to(dev), args.inner, 1e-5)
+        def run():
+            with weights_require_grad(diffusion, not frozen), recomputed_transformers(diffusion, memory_saving):
+                ref = ReferenceNullInversion(raw_unet(m, host_unet), alphas_cumprod(m), steps, args.guidance)
+                dev = m.load_device
+                traj = [z.to(dev).clone() for z in traj_inv.latents]  # (an inversion made under inference mode)
+                embs, iters, final = ref.null_optimization(traj, nul.to(dev, torch.float32),
+                                                           src.to(dev, torch.float32), args.inner, 1e-5)
                 return {"recon": final.detach(), "iterations": iters, "embs": torch.stack(embs)}
+        return run
 
-        r_ref = phase("null-text (authors' reference)", reference, z0, "weight grads, cond recomputed")
-        delta = r_ours["value"].embeddings.to(r_ref["embs"].device) - r_ref["embs"]
-        rows[-1]["max_embedding_diff_vs_ours"] = float(delta.abs().max())
-        rows[-1]["rms_embedding_diff_vs_ours"] = float(delta.pow(2).mean().sqrt())
-        rows[-1]["recon_diff_vs_ours"] = float((r_ours["recon"].cpu() - r_ref["recon"].cpu()).abs().max())
-        rows[-1]["iterations_equal"] = list(r_ours["iterations"]) == list(r_ref["iterations"])
-        rows[-1]["iterations_per_step"] = {"ours": list(r_ours["iterations"]), "reference": list(r_ref["iterations"])}
-        if args.repeat > 1:
-            time_pairs(rows, {"null-text (ours, default)": ours, "null-text (authors' reference)": reference},
-                       args.repeat)
-    phase("null-text inner_steps=5", lambda: ours(5), z0, "named option: fewer inner steps")
-    phase("null-text epsilon=1e-3", lambda: ours(args.inner, 1e-3), z0, "named option: looser early stop")
-    phase("null-text memory_saving", lambda: ours(memory_saving=True), z0,
-          "named option: transformer activations recomputed in backward (same result)")
-    for prec in args.precision:
-        dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[prec]
-        m_lp = load(dt)[0]
-        counters.append(Counter(m_lp.model.diffusion_model))
-        lp_inv = inversion_for(m_lp)
-        phase(f"null-text, model {prec}", lambda: ours(m=m_lp, m_inv=lp_inv), z0, "named option: low-precision forward, fp32 embedding")
-    for method in ("negative-prompt", "direct-inversion"):
-        def fast(method=method):
+    def compared(name, result, ours_result):
+        row = next(r for r in rows if r["phase"] == name)
+        row.update(compare(ours_result, result))
+        write_report()
+
+    r_ours = phase(OURS, ours, z0, "reference semantics")
+    timed_fns = {OURS: ours}
+    ratio_pairs = []
+    if "reference" in phases:
+        fn = reference(frozen=True)
+        compared(REF_FROZEN, phase(REF_FROZEN, fn, z0, "headline peer: weights requires_grad False"), r_ours)
+        timed_fns[REF_FROZEN] = fn
+        ratio_pairs.append((OURS, REF_FROZEN, "ours / reference (weights frozen)"))
+    if "published" in phases:
+        fn = reference(frozen=False)
+        compared(REF_PUBLISHED, phase(REF_PUBLISHED, fn, z0, "as published: all weight gradients, cond recomputed"), r_ours)
+        timed_fns[REF_PUBLISHED] = fn
+        ratio_pairs.append((OURS, REF_PUBLISHED, "ours / reference as published (weight gradients on)"))
+    if args.repeat > 1 and len(timed_fns) > 1:
+        time_pairs(rows, timed_fns, args.repeat, cuda)
+        write_report()
+    if "options" in phases:
+        phase("null-text inner_steps=5", lambda: ours(5), z0, "named option: fewer inner steps")
+        phase("null-text epsilon=1e-3", lambda: ours(args.inner, 1e-3), z0, "named option: looser early stop")
+    if "memory_saving" in phases:
+        r_ms = phase("null-text memory_saving", lambda: ours(memory_saving=True), z0,
+                     "named option: transformer activations recomputed in backward (same result)")
+        if "reference_memory_saving" in phases:
+            name = "null-text (reference, frozen) memory_saving"
+            compared(name, phase(name, reference(frozen=True, memory_saving=True), z0,
+                                 "the same gradient checkpointing around the reference"), r_ms)
+            ratio_pairs.append(("null-text memory_saving", name, "ours / reference (frozen), both memory_saving"))
+    if "precision" in phases:
+        for prec in args.precision:
+            dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[prec]
+            m_lp = load(dt)[0]
+            comfy_mm.load_models_gpu([m_lp])
+            counters.append(Counter(m_lp.model.diffusion_model))
+            lp_inv = inversion_for(m_lp)
+            name = f"null-text, model {prec}"
+            r_lp = phase(name, lambda: ours(m=m_lp, m_inv=lp_inv), z0, "named option: low-precision forward, fp32 embedding")
+            if "reference" in phases:
+                ref_name = f"null-text (reference, weights frozen), model {prec}"
+                compared(ref_name, phase(ref_name, reference(m=m_lp, m_inv=lp_inv, frozen=True), z0,
+                                         "same dtype, fp32 embedding and Adam"), r_lp)
+                ratio_pairs.append((name, ref_name, f"ours / reference (weights frozen), model {prec}"))
+            del m_lp
+            if cuda:
+                torch.cuda.empty_cache()
+    if "fast" in phases:
+        default_pairs = unet.batches_pairs
+        for method, pairs in (("negative-prompt", None), ("direct-inversion", None), ("direct-inversion", not default_pairs)):
+            def fast(method=method, pairs=pairs):
+                with torch.inference_mode():
+                    value, _ = run_fast_inversion(model, source, null, inv, method, args.guidance, batch_pairs=pairs)
+                    out, _ = run_edit(model, inv, value, source, None, None, args.guidance, preview=False)
+                return {"recon": out[0:1]}
+            calls = ""
+            if method == "direct-inversion":
+                batched = default_pairs if pairs is None else pairs
+                calls = (", one batch-2 call per step" if batched else ", two batch-1 calls per step") + \
+                    (" (default)" if pairs is None else "")
+            phase(f"{method}{calls} (+ reconstruction)", fast, z0, "fast mode; the reconstruction samples through Edited Sample")
+    if "edit" in phases and clip is not None:
+        control, _, target = build_control(clip, source_text, target_text, "replace", 0.8, 0.5, "", "", "cat, tiger", 0.3, 0.2)
+
+        def edit():
             with torch.inference_mode():
-                value, final = run_fast_inversion(model, source, null, inv, method, args.guidance)
-            state[method] = value
-            with torch.inference_mode():
-                out, _ = run_edit(model, inv, value, source, None, None, args.guidance, preview=False)
+                out, _ = run_edit(model, inv, r_ours["value"], source, target, control, args.guidance, preview=False)
             return {"recon": out[0:1]}
-        phase(f"{method} (+ reconstruction)", fast, z0, "fast mode")
 
-    control, _, target = build_control(clip, source_text, target_text, "replace", 0.8, 0.5, "", "", "cat, tiger", 0.3, 0.2)
+        phase("edit (P2P replace + blend, 1 edit)", edit, z0, "row 0 reconstruction, row 1 edit")
 
-    def edit():
-        with torch.inference_mode():
-            out, _ = run_edit(model, inv, r_ours["value"], source, target, control, args.guidance, preview=False)
-        return {"recon": out[0:1]}
-
-    phase("edit (P2P replace + blend, 1 edit)", edit, z0, "row 0 reconstruction, row 1 edit")
-
-    report = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "torch": torch.__version__, "device": str(comfy_mm.get_torch_device())},
-        "settings": {"steps": steps, "size": size, "inner": args.inner, "guidance": args.guidance,
-                     "flush_denormal": bool(args.flush_denormal), "repeat": args.repeat,
-                     "checkpoint": model_name},
-        "phases": rows,
-    }
-    cols = ["phase", "wall_s", "unet_evals", "backward", "inner_iterations", "peak_rss_mib", "peak_gpu_mib",
-            "latent_mse", "psnr_db"]
+    report["ratios"] = ratio_section(rows, ratio_pairs, on_cpu)
+    report["targets"] = targets_section(report)
+    report["partial"] = False
+    write_report()
+    md = render_markdown(report)
     print()
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c, "")
-            cells.append(f"{v:.3e}" if c == "latent_mse" and v != "" else str(v))
-        print("| " + " | ".join(cells) + " |")
-    if not args.skip_reference:
-        ref_row = next(r for r in rows if r["phase"].startswith("null-text (authors"))
-        our_row = next(r for r in rows if r["phase"] == "null-text (ours, default)")
-        print(f"\nours vs reference (optimisation phase): {our_row['unet_evals']} vs {ref_row['unet_evals']} UNet evals "
-              f"({ref_row['unet_evals'] - our_row['unet_evals']} fewer), wall {our_row['wall_s'] / ref_row['wall_s']:.2f}x, "
-              f"embeddings max |diff| {ref_row['max_embedding_diff_vs_ours']:.2e} (rms {ref_row['rms_embedding_diff_vs_ours']:.2e}), "
-              f"reconstruction max |diff| {ref_row['recon_diff_vs_ours']:.2e}, same iterations: {ref_row['iterations_equal']}")
-        report["ours_vs_reference"] = {
-            "evals_saved": ref_row["unet_evals"] - our_row["unet_evals"],
-            "wall_ratio": our_row["wall_s"] / ref_row["wall_s"],
-            "max_embedding_diff": ref_row["max_embedding_diff_vs_ours"],
-            "rms_embedding_diff": ref_row["rms_embedding_diff_vs_ours"],
-            "recon_max_diff": ref_row["recon_diff_vs_ours"],
-            "iterations_equal": ref_row["iterations_equal"],
-        }
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=2, default=str)
-    print(f"\nwrote {args.json}")
+    print(md)
+    if args.markdown:
+        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
+        with open(args.markdown, "w") as f:
+            f.write(md)
+    print(f"wrote {args.json}" + (f" and {args.markdown}" if args.markdown else ""))
     return 0
 
 

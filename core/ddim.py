@@ -18,6 +18,11 @@ from .schedule import DDIMSchedule
 EpsFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 """``eps_fn(x_t, timestep, context) -> eps``: the noise prediction in DDPM scaling."""
 
+PairEpsFn = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``eps_pair_fn(x_t, timestep, uncond_context, cond_context) -> (eps_uncond, eps_cond)``: both predictions at the
+same latent and step from one model call (a batch of 2; on a GPU it costs little more than one of them). It must
+equal ``(eps_fn(x_t, t, uncond), eps_fn(x_t, t, cond))`` up to float rounding."""
+
 
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float) -> torch.Tensor:
     """Move ``x`` from noise level ``alpha_from`` to ``alpha_to`` (alpha-bars) along the predicted ``eps``."""
@@ -60,20 +65,26 @@ def ddim_sample(
     null_embeddings: Optional[torch.Tensor] = None,
     guidance: float = 1.0,
     on_step: Optional[Callable[[int], None]] = None,
+    eps_pair_fn: Optional[PairEpsFn] = None,
 ) -> torch.Tensor:
     """Plain guided DDIM sampling from ``x_t`` (used by tests and benchmarks; nodes sample through the host).
 
-    ``null_embeddings[i]`` is step i's unconditional context; with guidance 1 it is not evaluated.
+    ``null_embeddings[i]`` is step i's unconditional context; with guidance 1 it is not evaluated. With
+    ``eps_pair_fn`` the two predictions of a guided step come from one call.
     """
     x = x_t
     for i, t in enumerate(schedule.timesteps):
-        eps_c = eps_fn(x, t, cond)
         if guidance != 1.0:
             if null_embeddings is None:
                 raise ValueError("guidance != 1 needs null embeddings")
-            eps = guided_eps(eps_fn(x, t, null_embeddings[i]), eps_c, guidance)
+            if eps_pair_fn is not None:
+                eps_u, eps_c = eps_pair_fn(x, t, null_embeddings[i], cond)
+            else:
+                eps_c = eps_fn(x, t, cond)
+                eps_u = eps_fn(x, t, null_embeddings[i])
+            eps = guided_eps(eps_u, eps_c, guidance)
         else:
-            eps = eps_c
+            eps = eps_fn(x, t, cond)
         x = ddim_step(x, eps, schedule.alphas_cumprod[i], schedule.next_alpha_cumprod(i))
         if on_step is not None:
             on_step(i)

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .ddim import EpsFn, ddim_step, guided_eps
+from .ddim import EpsFn, PairEpsFn, ddim_step, guided_eps
 from .schedule import DDIMSchedule
 
 
@@ -31,17 +31,24 @@ def direct_inversion_offsets(
     guidance: float,
     on_step: Optional[Callable[[int], None]] = None,
     eps_uncond_fn: Optional[EpsFn] = None,
+    eps_pair_fn: Optional[PairEpsFn] = None,
 ) -> torch.Tensor:
     """Per-step offsets ``z_{T-i-1} - DDIM_step(z_{T-i}, guided eps)`` ([steps, *latent shape], trajectory dtype).
 
-    The source branch starts on the trajectory and, with the offset added after every step, stays on it.
+    The source branch starts on the trajectory and, with the offset added after every step, stays on it. The two
+    predictions of a step are independent (same latent, two contexts): with ``eps_pair_fn`` they come from one
+    call, otherwise from ``eps_uncond_fn`` (default ``eps_fn``) and ``eps_fn``.
     """
     eps_u_fn = eps_fn if eps_uncond_fn is None else eps_uncond_fn
     steps = schedule.steps
     offsets = []
     for i, t in enumerate(schedule.timesteps):
         x = trajectory[steps - i]
-        eps = guided_eps(eps_u_fn(x, t, null), eps_fn(x, t, cond), guidance)
+        if eps_pair_fn is not None:
+            eps_u, eps_c = eps_pair_fn(x, t, null, cond)
+        else:
+            eps_u, eps_c = eps_u_fn(x, t, null), eps_fn(x, t, cond)
+        eps = guided_eps(eps_u, eps_c, guidance)
         landed = ddim_step(x, eps, schedule.alphas_cumprod[i], schedule.next_alpha_cumprod(i))
         offsets.append(trajectory[steps - 1 - i] - landed)
         if on_step is not None:

@@ -158,14 +158,28 @@ class HostUNet:
         self.sample_sigmas = sample_sigmas
         self.calls = 0  # forward evaluations (benchmarks)
         self.pooled_dim = pooled_dim(patcher)  # > 0: contexts are packed with a pooled row (SDXL)
+        self._adm_sizes: dict = {}  # (h, w, pooled width) -> size embeddings on the device (see adm)
 
     def adm(self, pooled: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The ADM input ``y`` for pooled text vectors, with the size embeddings the host's sampler uses by default
-        (image size = latent size x 8, no crop). Differentiable in ``pooled``."""
+        (image size = latent size x 8, no crop). Differentiable in ``pooled``.
+
+        The host's ``encode_adm`` returns ``[pooled | size embeddings]`` and computes the size part on the CPU
+        (moving the pooled vector there and back: a device sync per call). The size part does not depend on the
+        pooled vector, so it is made once per image size with the host's ``encode_adm`` and kept on the device;
+        ``y`` is then the same concatenation, made where the pooled vector is."""
         h, w = int(x.shape[-2]) * 8, int(x.shape[-1]) * 8
-        y = self.base.encode_adm(pooled_output=pooled, width=w, height=h, crop_w=0, crop_h=0,
-                                 target_width=w, target_height=h, device=self.device)
-        return y.to(self.device, torch.float32)
+        key = (h, w, pooled.shape[-1])
+        size = self._adm_sizes.get(key)
+        if size is None:
+            with torch.no_grad():
+                probe = torch.zeros(1, pooled.shape[-1], dtype=torch.float32)
+                full = self.base.encode_adm(pooled_output=probe, width=w, height=h, crop_w=0, crop_h=0,
+                                            target_width=w, target_height=h, device=self.device)
+            size = full[:, pooled.shape[-1]:].to(self.device, torch.float32)
+            self._adm_sizes[key] = size
+        pooled = pooled.to(self.device, torch.float32)
+        return torch.cat([pooled, size.expand(pooled.shape[0], -1)], dim=1)
 
     def _transformer_options(self, sigma: torch.Tensor, cond_or_uncond: list[int]) -> dict:
         opts = comfy.patcher_extension.copy_nested_dicts(self.model_options.get("transformer_options", {}))
@@ -177,24 +191,52 @@ class HostUNet:
             opts["sample_sigmas"] = self.sample_sigmas.to(self.device)
         return opts
 
-    def eps(self, x_t: torch.Tensor, t: int, context: torch.Tensor, cond_or_uncond: int = 0) -> torch.Tensor:
-        """Noise prediction for DDPM-scaled ``x_t`` at integer timestep ``t``; grad flows into ``context``."""
-        sigma_f = float(self.sigma_table[t])
+    @property
+    def batches_pairs(self) -> bool:
+        """Whether ``eps_pair`` is used by default where two predictions of a step are independent: on an
+        accelerator (CUDA, ...), where a batch of 2 costs little more than a batch of 1. On the CPU the two batch-1
+        calls of the measured CPU path are kept (``bench/run_bench.py`` times both ways for Direct Inversion)."""
+        return torch.device(self.device).type != "cpu"
+
+    def _denoise(self, x: torch.Tensor, sigma_f: float, ctx: torch.Tensor, pooled: Optional[torch.Tensor],
+                 cond_or_uncond: list[int]) -> torch.Tensor:
+        """One ``apply_model`` call on the DDPM-scaled batch ``x`` (float32 on the device) -> eps (float32).
+
+        ``cond_or_uncond`` lists the kind of each chunk of rows (host convention: 0 conditional, 1 unconditional)."""
         alpha = 1.0 / (1.0 + sigma_f * sigma_f)
-        x = x_t.to(self.device, torch.float32)
         b = x.shape[0]
         sigma = torch.full((b,), sigma_f, device=self.device, dtype=torch.float32)
         x_k = x / math.sqrt(alpha)
-        ctx, pooled = unpack(context.to(self.device), self.pooled_dim)
         if ctx.shape[0] != b:
             ctx = ctx.expand(b, *ctx.shape[1:])
-        c = {"c_crossattn": ctx, "transformer_options": self._transformer_options(sigma, [cond_or_uncond])}
+        c = {"c_crossattn": ctx, "transformer_options": self._transformer_options(sigma, list(cond_or_uncond))}
         if pooled is not None:
-            c["y"] = self.adm(pooled.expand(b, -1), x)
+            c["y"] = self.adm(pooled.expand(b, -1) if pooled.shape[0] != b else pooled, x)
         wrapper = self.model_options.get("model_function_wrapper")
         self.calls += 1
         if wrapper is not None:
-            denoised = wrapper(self.base.apply_model, {"input": x_k, "timestep": sigma, "c": c, "cond_or_uncond": [cond_or_uncond]})
+            denoised = wrapper(self.base.apply_model, {"input": x_k, "timestep": sigma, "c": c, "cond_or_uncond": list(cond_or_uncond)})
         else:
             denoised = self.base.apply_model(x_k, sigma, **c)
         return (x_k - denoised.float()) / sigma_f
+
+    def eps(self, x_t: torch.Tensor, t: int, context: torch.Tensor, cond_or_uncond: int = 0) -> torch.Tensor:
+        """Noise prediction for DDPM-scaled ``x_t`` at integer timestep ``t``; grad flows into ``context``."""
+        ctx, pooled = unpack(context.to(self.device), self.pooled_dim)
+        return self._denoise(x_t.to(self.device, torch.float32), float(self.sigma_table[t]), ctx, pooled, [cond_or_uncond])
+
+    def eps_pair(self, x_t: torch.Tensor, t: int, uncond: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(eps(x_t, t, uncond, 1), eps(x_t, t, cond, 0))`` from one call on a batch of 2 (``x_t`` one latent,
+        [1, C, H, W]), rows ordered [uncond, cond] with the host's ``cond_or_uncond`` [1, 0], as its sampler batches
+        them. Equal to the two single calls up to float rounding. Contexts of different lengths (not batchable) fall
+        back to two calls."""
+        if x_t.shape[0] != 1 or uncond.shape[0] != 1 or cond.shape[0] != 1 or uncond.shape[1:] != cond.shape[1:]:
+            return self.eps(x_t, t, uncond, 1), self.eps(x_t, t, cond, 0)
+        u_ctx, u_pooled = unpack(uncond.to(self.device), self.pooled_dim)
+        c_ctx, c_pooled = unpack(cond.to(self.device), self.pooled_dim)
+        dtype = torch.promote_types(u_ctx.dtype, c_ctx.dtype)
+        ctx = torch.cat([u_ctx.to(dtype), c_ctx.to(dtype)])
+        pooled = None if u_pooled is None else torch.cat([u_pooled.to(dtype), c_pooled.to(dtype)])
+        x = x_t.to(self.device, torch.float32)
+        eps = self._denoise(torch.cat([x, x]), float(self.sigma_table[t]), ctx, pooled, [1, 0])
+        return eps[0:1], eps[1:2]

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# bench/gpu.sh OUT_DIR: the GPU measurements in one go (planned to stay under 8 minutes on an H200).
+#
+# Full-size random-weight UNets built with the host's classes on the GPU (bench/random_unet.py; no checkpoint, no
+# CLIP/VAE, nothing downloaded): SD 1.5 (860 M) at 512 px and SDXL (2.6 B) at 1024 px. For each: DDIM inversion,
+# null-text ours (default settings) vs the authors' reference with frozen weights, both with memory_saving
+# (gradient checkpointing; the reference under the same checkpointing for SD 1.5), the model in fp32 and in
+# fp16/bf16 (ours and the frozen reference), Direct Inversion with batch-2 (GPU default) and batch-1 calls.
+# Reports wall time per phase, the CUDA allocator peak per phase, and ours/reference ratios and result agreement.
+#
+# Needs:
+#   COMFYUI_PATH   a ComfyUI checkout (tested: 0.3.64 and 0.33.0); this repository is the one the script sits in
+#   PYTHON         a Python with a CUDA torch and the host's requirements.txt installed (default: python3)
+# Optional:
+#   GPU_SH_TINY=1      check the script without a GPU: the same runs with narrow models (same layouts) at 64 px,
+#                      3 steps, 2 inner iterations, on the CPU (a few minutes on 2 cores)
+#   GPU_SH_BUDGET_S    wall-clock budget for all runs in seconds (default 450); each run gets what is left and is
+#                      stopped when it runs out (its JSON, rewritten after every phase, keeps the phases done)
+#   SD15_STEPS=50 SD15_INNER=10 SD15_SIZE=512 SD15_PRECISION="fp16 bf16"
+#   SDXL_STEPS=10 SDXL_INNER=5  SDXL_SIZE=1024 SDXL_PRECISION="bf16"
+#   SD15_PHASES / SDXL_PHASES  the --phases of each run (see python bench/run_bench.py --help)
+# Writes OUT_DIR/sd15.json, sdxl.json (one bench report each), gpu.json (both + environment), gpu.md (the tables),
+# sd15.log, sdxl.log; prints gpu.md at the end.
+set -uo pipefail
+if [ $# -ne 1 ]; then sed -n '2,25p' "$0"; exit 2; fi
+OUT=$1
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-python3}
+: "${COMFYUI_PATH:?set COMFYUI_PATH to a ComfyUI checkout}"
+if [ ! -d "$COMFYUI_PATH/comfy" ]; then echo "gpu.sh: COMFYUI_PATH=$COMFYUI_PATH holds no comfy/" >&2; exit 2; fi
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 COMFYUI_PATH
+TINY=${GPU_SH_TINY:-0}
+BUDGET=${GPU_SH_BUDGET_S:-450}
+START=$(date +%s)
+
+if [ "$TINY" = 1 ]; then
+  SCALE=tiny; DEVICE_ARGS=(--cpu)
+  SD15_STEPS=${SD15_STEPS:-3}; SD15_INNER=${SD15_INNER:-2}; SD15_SIZE=${SD15_SIZE:-64}
+  SDXL_STEPS=${SDXL_STEPS:-3}; SDXL_INNER=${SDXL_INNER:-2}; SDXL_SIZE=${SDXL_SIZE:-64}
+else
+  SCALE=full; DEVICE_ARGS=()
+  if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+    echo "gpu.sh: $PY sees no CUDA GPU (torch.cuda.is_available() is False); GPU_SH_TINY=1 checks the script on the CPU" >&2
+    exit 3
+  fi
+  SD15_STEPS=${SD15_STEPS:-50}; SD15_INNER=${SD15_INNER:-10}; SD15_SIZE=${SD15_SIZE:-512}
+  SDXL_STEPS=${SDXL_STEPS:-10}; SDXL_INNER=${SDXL_INNER:-5}; SDXL_SIZE=${SDXL_SIZE:-1024}
+fi
+SD15_PRECISION=${SD15_PRECISION:-fp16 bf16}
+SDXL_PRECISION=${SDXL_PRECISION:-bf16}
+SD15_PHASES=${SD15_PHASES:-reference,memory_saving,reference_memory_saving,precision,fast}
+SDXL_PHASES=${SDXL_PHASES:-reference,memory_saving,precision,fast}
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "repo: $ROOT ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no git'))"
+  echo "comfyui: $COMFYUI_PATH ($(sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' "$COMFYUI_PATH/comfyui_version.py" 2>/dev/null))"
+  "$PY" -c 'import torch; print("torch:", torch.__version__, "cuda:", torch.version.cuda, "device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")'
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+  echo "mode: $SCALE"
+} > "$OUT/environment.txt" 2>&1
+cat "$OUT/environment.txt"
+
+run() {  # name family steps inner size phases precisions
+  local name=$1 fam=$2 steps=$3 inner=$4 size=$5 phases=$6 precs=$7
+  local left=$(( BUDGET - ($(date +%s) - START) ))
+  if [ "$left" -lt 20 ]; then echo "gpu.sh: no time left for $name (budget ${BUDGET}s)"; return; fi
+  local pargs=()
+  for p in $precs; do pargs+=(--precision "$p"); done
+  echo "gpu.sh: $name: $fam $SCALE, $size px, $steps steps, inner $inner, phases $phases, precision ${precs:-none}; ${left}s left"
+  timeout -k 10 "$left" "$PY" "$ROOT/bench/run_bench.py" "${DEVICE_ARGS[@]}" --random-unet "$fam" --random-scale "$SCALE" \
+    --size "$size" --steps "$steps" --inner "$inner" --phases "$phases" "${pargs[@]}" \
+    --json "$OUT/$name.json" --markdown "$OUT/$name.md" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  grep -E '^  |^bench:' "$OUT/$name.log" | grep -v '^bench: warm' || true
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo "gpu.sh: $name stopped by the time budget (rc $rc); the phases done are kept";
+  elif [ $rc -ne 0 ]; then echo "gpu.sh: $name failed (rc $rc); last lines of $OUT/$name.log:"; tail -20 "$OUT/$name.log"; fi
+}
+
+run sd15 sd15 "$SD15_STEPS" "$SD15_INNER" "$SD15_SIZE" "$SD15_PHASES" "$SD15_PRECISION"
+run sdxl sdxl "$SDXL_STEPS" "$SDXL_INNER" "$SDXL_SIZE" "$SDXL_PHASES" "$SDXL_PRECISION"
+
+"$PY" - "$OUT" "$ROOT" <<'EOF'
+import json, os, sys
+out, root = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.join(root, "bench"))
+from run_bench import render_markdown  # noqa: E402
+
+merged = {"environment": open(os.path.join(out, "environment.txt")).read().splitlines(), "runs": {}}
+md = ["# bench/gpu.sh", "", "```", *merged["environment"], "```", ""]
+for name in ("sd15", "sdxl"):
+    path = os.path.join(out, f"{name}.json")
+    if not os.path.exists(path):
+        md += [f"### {name}: no result (see {name}.log)", ""]
+        continue
+    with open(path) as f:
+        report = json.load(f)
+    merged["runs"][name] = report
+    md.append(render_markdown(report))
+    if report.get("partial"):
+        md.append("(partial: the run stopped before its last phase)\n")
+with open(os.path.join(out, "gpu.json"), "w") as f:
+    json.dump(merged, f, indent=2)
+with open(os.path.join(out, "gpu.md"), "w") as f:
+    f.write("\n".join(md))
+EOF
+echo
+cat "$OUT/gpu.md"
+echo "gpu.sh: $(( $(date +%s) - START ))s in all; wrote $OUT/gpu.json and $OUT/gpu.md"
