@@ -29,6 +29,7 @@ THUMBNAILS = {
     "reweight": ("4  Reweight a word", "a fluffy cat, fluffy=2", "cat", ["fluffy"]),
     "invert_once_edit_many": ("5  One inversion, many edits", "tiger, dog, wooden table", "cat", ["tiger", "dog", "wooden"]),
     "sdxl_word_swap": ("6  SDXL word swap", "cat -> tiger at 1024x1024", "cat", ["tiger"]),
+    "masked_edit": ("7  Masked edit", "cat -> tiger inside a mask", "cat", ["tiger"]),
 }
 
 

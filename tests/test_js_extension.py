@@ -624,7 +624,8 @@ def test_word_helper_in_headless_chromium(browser, comfy_server, tiny_checkpoint
 # ------------------------------------------------------------------------------------------------------------
 EXAMPLE_DIR = REPO_ROOT / "example_workflows"
 #: The README's order (the template browser shows them so: js/nulltext_p2p.js). The SDXL one comes last.
-TEMPLATE_ORDER = ["invert_and_reconstruct", "word_swap", "refine", "reweight", "invert_once_edit_many", "sdxl_word_swap"]
+TEMPLATE_ORDER = ["invert_and_reconstruct", "word_swap", "refine", "reweight", "invert_once_edit_many", "sdxl_word_swap",
+                  "masked_edit"]
 EXAMPLE_IMAGE = "nulltext_p2p_example.png"
 #: What is not run, and why (everything else about it is checked: loading, layout, helper, search, missing model).
 NOT_RUN = {"sdxl_word_swap": "it needs an SDXL checkpoint; the tiny SDXL model of tests/tiny_sdxl.py is built in-process "
