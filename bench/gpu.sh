@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench/gpu.sh OUT_DIR: the GPU measurements in one go (planned to stay under 8 minutes on an H200).
 #
-# Full-size random-weight UNets built with the host's classes on the GPU (bench/random_unet.py; no checkpoint, no
-# CLIP/VAE, nothing downloaded): SD 1.5 (860 M) at 512 px and SDXL (2.6 B) at 1024 px. For each: DDIM inversion,
+# Full-size random-weight UNets built with the host's classes on the GPU (bench/random_unet.py; no checkpoint, a
+# random-weight CLIP for the prompts, no VAE, nothing downloaded): SD 1.5 (860 M) at 512 px and SDXL (2.6 B) at 1024 px. For each: DDIM inversion,
 # null-text ours (default settings) vs the authors' reference with frozen weights, both with memory_saving
 # (gradient checkpointing; the reference under the same checkpointing for SD 1.5), the model in fp32 and in
 # fp16/bf16 (ours and the frozen reference), Direct Inversion with batch-2 (GPU default) and batch-1 calls.
@@ -12,7 +12,7 @@
 #   COMFYUI_PATH   a ComfyUI checkout (tested: 0.3.64 and 0.33.0); this repository is the one the script sits in
 #   PYTHON         a Python with a CUDA torch and the host's requirements.txt installed (default: python3)
 # Optional:
-#   GPU_SH_TINY=1      check the script without a GPU: the same runs with narrow models (same layouts) at 64 px,
+#   GPU_SH_TINY=1      check the script without a GPU: the same runs with narrow models (same layouts) at 128 px,
 #                      3 steps, 2 inner iterations, on the CPU (a few minutes on 2 cores)
 #   GPU_SH_BUDGET_S    wall-clock budget for all runs in seconds (default 450); each run gets what is left and is
 #                      stopped when it runs out (its JSON, rewritten after every phase, keeps the phases done)
@@ -36,8 +36,8 @@ START=$(date +%s)
 
 if [ "$TINY" = 1 ]; then
   SCALE=tiny; DEVICE_ARGS=(--cpu)
-  SD15_STEPS=${SD15_STEPS:-3}; SD15_INNER=${SD15_INNER:-2}; SD15_SIZE=${SD15_SIZE:-64}
-  SDXL_STEPS=${SDXL_STEPS:-3}; SDXL_INNER=${SDXL_INNER:-2}; SDXL_SIZE=${SDXL_SIZE:-64}
+  SD15_STEPS=${SD15_STEPS:-3}; SD15_INNER=${SD15_INNER:-2}; SD15_SIZE=${SD15_SIZE:-128}
+  SDXL_STEPS=${SDXL_STEPS:-3}; SDXL_INNER=${SDXL_INNER:-2}; SDXL_SIZE=${SDXL_SIZE:-128}
 else
   SCALE=full; DEVICE_ARGS=()
   if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then

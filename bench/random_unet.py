@@ -4,7 +4,7 @@ For GPU measurements without a checkpoint file (none is downloaded; nothing here
 
     patcher = build_random_model("sd15", device)            # 859.5 M-parameter SD 1.5 UNet
     patcher = build_random_model("sdxl", device, torch.bfloat16)   # 2.57 B-parameter SDXL UNet
-    source, null = random_conditions("sdxl", seed=0)          # CONDITIONING lists as CLIP Text Encode gives them
+    clip = random_clip(patcher)                               # a random-weight CLIP of the family (prompts)
 
 ``scale="full"`` uses the UNet configurations the host's own diffusers-to-ComfyUI detection writes for SD 1.5 and
 SDXL (``comfy.model_detection.unet_config_from_diffusers_unet``), and the host's detection
@@ -56,19 +56,16 @@ FULL_CONFIGS = {
     },
 }
 
-#: The same layouts, narrow and shallow (CPU checks of the GPU script): SD 1.5 at width 32 (8 heads of 4),
+#: The same layouts, narrow and shallow (CPU checks of the GPU script): SD 1.5 at width 64 (8 heads of 8),
 #: SDXL at width 32 with one transformer block wherever SDXL has 2 or 10 (heads of 64 channels from the second level).
 TINY_OVERRIDES = {
-    "sd15": {"model_channels": 32},
+    "sd15": {"model_channels": 64},
     "sdxl": {"model_channels": 32, "transformer_depth": [0, 0, 1, 1, 1, 1], "transformer_depth_middle": 1,
              "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1]},
 }
 
 #: Parameter counts of the full-size UNets (diffusers' SD 1.5 and SDXL base UNets have the same).
 FULL_PARAMETERS = {"sd15": 859_520_964, "sdxl": 2_567_463_684}
-
-#: Text widths: token embedding width, pooled width (0: none).
-TEXT_WIDTHS = {"sd15": (768, 0), "sdxl": (2048, 1280)}
 
 ATTN2_KEY_SCALE, ATTN2_OUT_SCALE, OUT_SCALE = 3.0, 4.0, 0.5  # as tests/tiny_model.py
 
@@ -156,19 +153,30 @@ def unet_parameters(patcher) -> int:
     return sum(p.numel() for p in patcher.model.diffusion_model.parameters())
 
 
-def random_conditions(family: str, seed: int = 0, tokens: int = 77) -> tuple[list, list]:
-    """(source, null) CONDITIONING lists shaped as CLIP Text Encode's for ``family`` (float32, CPU): token
-    embeddings N(0, 1) and, for SDXL, a pooled vector N(0, 1) in ``pooled_output``."""
-    width, pooled = TEXT_WIDTHS[family]
-    gen = torch.Generator().manual_seed(int(seed) * 1000 + 12)
-    out = []
-    for _ in range(2):
-        emb = torch.randn(1, tokens, width, generator=gen)
-        extras: dict = {}
-        if pooled:
-            extras["pooled_output"] = torch.randn(1, pooled, generator=gen)
-        out.append([[emb, extras]])
-    return out[0], out[1]
+def random_clip(patcher, seed: int = 0):
+    """A random-weight CLIP for the model's family, built as the tests' tiny models build theirs (host classes; the
+    tokenizer files ship with the host): SD 1.5 the 12-layer CLIP-L of ``tests/tiny_model.py``, SDXL the 3-layer
+    CLIP-L + CLIP-G of ``tests/tiny_sdxl.py`` (real widths, pooled vector projected).
+
+    Its prompts have the structure the UNet sees from a real CLIP (BOS, word tokens, EOS, then near-identical padding
+    rows), which keeps the guided null-text optimisation well conditioned; independent N(0, 1) rows instead made the
+    random UNets' optimisation chaotic (two float32-equal implementations drifted apart by ~lr per iteration)."""
+    import comfy.model_base
+    import comfy.sd
+    from tiny_model import build_clip_state_dict
+
+    target = patcher.model.model_config.clip_target({})
+    if isinstance(patcher.model, comfy.model_base.SDXL):
+        from tiny_sdxl import TE_MODEL_OPTIONS
+
+        clip = comfy.sd.CLIP(target, embedding_directory=None, model_options=TE_MODEL_OPTIONS)
+        enc = clip.cond_stage_model
+        enc.clip_l.load_sd(build_clip_state_dict(seed, "sd1_clip_config.json", {"num_hidden_layers": 3}, projection=True))
+        enc.clip_g.load_sd(build_clip_state_dict(seed, "clip_config_bigg.json", {"num_hidden_layers": 3}, projection=True))
+    else:
+        clip = comfy.sd.CLIP(target, embedding_directory=None)
+        clip.cond_stage_model.clip_l.load_sd(build_clip_state_dict(seed))
+    return clip
 
 
 def activation_scale(patcher, x: torch.Tensor, t: int, context: torch.Tensor, y: Optional[torch.Tensor] = None) -> dict:

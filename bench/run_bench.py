@@ -45,8 +45,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]  # the r
 #: Below this CPU utilisation a timed CPU run does not measure this code (see the module docstring).
 MIN_CPU_UTIL = 0.9
 
-#: Results equal to the reference: reconstruction latent max |diff| at most this ...
-RECON_TOLERANCE = 1e-3
+#: Results equal to the reference: reconstruction latent max |diff| at most this fraction of the reconstruction's
+#: largest element (float32 rounding grows along the trajectory under guidance 7.5: measured 1e-4-4e-3 on the tiny
+#: and random models; a wrong step or context gives order 1) ...
+RECON_TOLERANCE = 1e-2
 #: ... and the inner-iteration count differing (by one) at no more than this fraction of the steps: a step's float32
 #: loss can lie within rounding of the early-stop threshold, and the two implementations then stop one apart.
 ITERATION_FLIP_TOLERANCE = 0.1
@@ -287,14 +289,16 @@ def compare(ours: dict, ref: dict) -> dict:
     flips_ok = all(abs(a - b) <= 1 for a, b in zip(it_o, it_r)) and \
         (len(it_o) - equal_steps) <= ITERATION_FLIP_TOLERANCE * len(it_o)
     recon = float((ours["recon"].cpu().float() - ref["recon"].cpu().float()).abs().max())
+    recon_rel = recon / max(float(ours["recon"].cpu().float().abs().max()), 1e-12)
     return {
         "max_embedding_diff_vs_ours": float(delta.abs().max()),
         "rms_embedding_diff_vs_ours": float(delta.pow(2).mean().sqrt()),
         "recon_diff_vs_ours": recon,
+        "recon_rel_diff_vs_ours": recon_rel,
         "iterations_equal": it_o == it_r,
         "steps_with_equal_iterations": f"{equal_steps}/{len(it_o)}",
         "iterations_total": {"ours": int(sum(it_o)), "reference": int(sum(it_r))},
-        "results_equal_within_tolerance": bool(recon <= RECON_TOLERANCE and flips_ok and torch.isfinite(delta).all()),
+        "results_equal_within_tolerance": bool(recon_rel <= RECON_TOLERANCE and flips_ok and torch.isfinite(delta).all()),
     }
 
 
@@ -360,7 +364,7 @@ COLS = ["phase", "wall_s", "cpu_util", "unet_evals", "unet_calls", "backward", "
 def render_markdown(report: dict) -> str:
     s = report["settings"]
     lines = [f"### {s['checkpoint']}: {s['steps']} steps, {s['size']} px, inner {s['inner']}, guidance {s['guidance']}, "
-             f"device {s['device']} ({report['machine'].get('device_name', '')})", ""]
+             f"device {s['device']}" + (f" ({report['machine']['device_name']})" if report["machine"].get("device_name") else ""), ""]
     lines.append("| " + " | ".join(COLS) + " |")
     lines.append("|" + "---|" * len(COLS))
     for r in report["phases"]:
@@ -379,7 +383,8 @@ def render_markdown(report: dict) -> str:
     for r in report["phases"]:
         if "results_equal_within_tolerance" in r:
             lines.append(f"- {r['phase']} vs ours: embeddings max |diff| {r['max_embedding_diff_vs_ours']:.2e} (rms "
-                         f"{r['rms_embedding_diff_vs_ours']:.2e}), reconstruction max |diff| {r['recon_diff_vs_ours']:.2e}, "
+                         f"{r['rms_embedding_diff_vs_ours']:.2e}), reconstruction max |diff| {r['recon_diff_vs_ours']:.2e} "
+                         f"({r.get('recon_rel_diff_vs_ours', float('nan')):.1e} of its largest element), "
                          f"steps with equal iterations {r['steps_with_equal_iterations']}, equal within tolerance: "
                          f"{r['results_equal_within_tolerance']}")
     ratios = report.get("ratios") or {}
@@ -404,14 +409,14 @@ def main(argv=None) -> int:
                     help="use the tiny random SDXL-layout test model (tests/tiny_sdxl.py) instead of the SD 1.x one")
     ap.add_argument("--random-unet", choices=["sd15", "sdxl"],
                     help="a random-weight UNet built with the host's classes directly on the device (bench/random_unet.py): "
-                         "full-size SD 1.5 (860 M) or SDXL (2.6 B); random text conditions, a synthetic latent, no CLIP/VAE "
-                         "(so no PSNR and no edit phase). Uses the GPU when there is one")
+                         "full-size SD 1.5 (860 M) or SDXL (2.6 B), with a random-weight CLIP of the family for the prompts "
+                         "and a synthetic latent, no VAE (so no PSNR). Uses the GPU when there is one")
     ap.add_argument("--random-scale", choices=["full", "tiny"], default="full",
                     help="with --random-unet: the real size (default) or the same layout narrow (CPU checks of bench/gpu.sh)")
     ap.add_argument("--image", help="an image file; default: a synthetic image (tiny and random models: a synthetic latent)")
     ap.add_argument("--size", type=int, default=None,
                     help="image side in px (default 512, SDXL 1024; tiny models 64 for SD 1.x, 128 for SDXL; "
-                         "--random-scale tiny 64)")
+                         "--random-scale tiny 128)")
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50, the paper's)")
     ap.add_argument("--inner", type=int, default=10, help="inner iterations (default 10)")
     ap.add_argument("--guidance", type=float, default=7.5)
@@ -483,7 +488,7 @@ def main(argv=None) -> int:
     on_cpu = torch.device(device).type == "cpu"
     steps = args.steps or 50
     if random_mode:
-        default_size = 64 if args.random_scale == "tiny" else (1024 if args.random_unet == "sdxl" else 512)
+        default_size = 128 if args.random_scale == "tiny" else (1024 if args.random_unet == "sdxl" else 512)
     else:
         default_size = (128 if args.tiny_sdxl else 64) if tiny else 512
     size = args.size or default_size
@@ -496,10 +501,10 @@ def main(argv=None) -> int:
     def load(dtype=None):
         """(MODEL, CLIP, VAE) in ``dtype`` (None: the host's choice; random models: float32)."""
         if random_mode:
-            from random_unet import build_random_model
+            from random_unet import build_random_model, random_clip
 
             m = build_random_model(args.random_unet, device, dtype or torch.float32, args.seed, args.random_scale)
-            return m, None, None
+            return m, (random_clip(m, args.seed) if dtype is None else None), None
         if args.tiny_sdxl:
             from tiny_sdxl import build_tiny_sdxl
 
@@ -513,10 +518,9 @@ def main(argv=None) -> int:
     model, clip, vae = load()
     family = check_model_family(model, "bench")
     if random_mode:
-        from random_unet import random_conditions, unet_parameters
+        from random_unet import unet_parameters
 
         model_name = f"random-{args.random_unet}-{args.random_scale}"
-        source, null = random_conditions(args.random_unet, args.seed)
         print(f"bench: {model_name}: {unet_parameters(model) / 1e6:.1f} M UNet parameters ({family}), built on {device}")
     else:
         model_name = "tiny-sdxl" if args.tiny_sdxl else ("tiny" if tiny else ckpt)
