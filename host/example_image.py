@@ -15,7 +15,6 @@ import shutil
 EXAMPLE_IMAGE = "nulltext_p2p_example.png"
 EXAMPLE_MASK = "masked_edit_mask.png"  # the mask of masked_edit.json (Load Image (as Mask))
 EXAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "example_workflows")
-SOURCE = os.path.join(EXAMPLE_DIR, EXAMPLE_IMAGE)
 
 
 def install_example_image(input_dir: str | None = None) -> str | None:
