@@ -228,11 +228,11 @@ def test_mask_of_another_size_is_stretched(setup):
 def test_bad_masks_name_the_input(setup):
     from nulltext_p2p.host.errors import NodeInputError
 
-    with pytest.raises(NodeInputError, match=r"\[Edited Sample\] input 'mask': it holds 3 masks but there is 1 edit.*Fix:"):
+    with pytest.raises(NodeInputError, match=r"\[Null-text P2P: Edited Sample\] input 'mask': it holds 3 masks but there is 1 edit.*Fix:"):
         edit(setup, mask=torch.ones(3, IMAGE, IMAGE))
-    with pytest.raises(NodeInputError, match=r"\[Edited Sample\] input 'mask': .*NaN"):
+    with pytest.raises(NodeInputError, match=r"\[Null-text P2P: Edited Sample\] input 'mask': .*NaN"):
         edit(setup, mask=torch.full((1, IMAGE, IMAGE), float("inf")))
-    with pytest.raises(NodeInputError, match=r"\[Edited Sample\] input 'mask_combine': .*intersection, union"):
+    with pytest.raises(NodeInputError, match=r"\[Null-text P2P: Edited Sample\] input 'mask_combine': .*intersection, union"):
         edit(setup, mask=half_mask(), mask_combine="both")
 
 
