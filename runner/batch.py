@@ -520,6 +520,14 @@ def _ordered(rows: list, outcomes: dict) -> list:
 # ----------------------------------------------------------------------------------------------------------------
 # In-process
 # ----------------------------------------------------------------------------------------------------------------
+def _wrap_up(progress: "Progress", rows: list, outcomes: dict, out: "BatchOutput") -> tuple:
+    """End a batch, also when it was interrupted or failed: close the progress line and write the summary of what
+    ran. Returns (the outcomes in the captions' order, the summary's path)."""
+    progress.close()
+    ordered = _ordered(rows, outcomes)
+    return ordered, out.write_summary(ordered)
+
+
 async def batch_in_process(folder: str, workflow_path: str, captions: str, output_dir: Optional[str] = None,
                            checkpoint: Optional[str] = None, sets: Iterable[str] = (), comfyui: Optional[str] = None,
                            input_dir: Optional[str] = None, cpu: bool = False, redo: bool = False,
@@ -580,9 +588,7 @@ async def batch_in_process(folder: str, workflow_path: str, captions: str, outpu
             raise
         interrupted = True
     finally:
-        progress.close()
-        ordered = _ordered(rows, outcomes)
-        summary = out.write_summary(ordered)
+        ordered, summary = _wrap_up(progress, rows, outcomes, out)
     if not interrupted:
         out.close()
     return BatchResult(ordered, summary, interrupted)
@@ -810,9 +816,7 @@ def batch_remote(urls: list, folder: str, workflow_path: str, captions: str, out
         for base, prompt_id in running.items():  # do not leave our prompts running on the servers
             remote.cancel_prompt(base, prompt_id)
     finally:
-        progress.close()
-        ordered = _ordered(rows, outcomes)
-        summary = out.write_summary(ordered)
+        ordered, summary = _wrap_up(progress, rows, outcomes, out)
     if not interrupted:
         out.close()
     if fatal:
