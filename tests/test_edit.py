@@ -45,17 +45,28 @@ def test_reconstruction_alone_matches_the_optimiser(pipeline):
     assert dev < 1e-8
 
 
+#: Rows of one latent sampled in batches of different sizes agree to float32 rounding, which 50 guided steps (7.5)
+#: amplify: measured up to 4e-5 of the largest element (1.1e-4 absolute on latents up to 3.3) on two CPUs.
+BATCH_ROUNDING = 1e-4
+
+
+def same_up_to_batch_rounding(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| relative to the largest |element| of ``b`` (compared with BATCH_ROUNDING)."""
+    return float((a - b).abs().max()) / max(float(b.abs().max()), 1.0)
+
+
 def test_identical_prompts_reproduce_the_reconstruction(pipeline):
     model, clip, source, null, inv, value, final = pipeline
     control, src_cond, tgt_cond = control_for(clip, SOURCE)
     out, _ = edit(pipeline, tgt_cond, control)
     recon, _ = edit(pipeline)
     assert out.shape[0] == 2
-    d_rows = float((out[1] - out[0]).abs().max())
-    d_alone = float((out[0] - recon[0]).abs().max())
-    print(f"identical prompts: max |edit - reconstruction| {d_rows:.2e}; row 0 vs reconstruction alone {d_alone:.2e}")
-    assert d_rows < 1e-4
-    assert d_alone < 1e-4
+    d_rows = same_up_to_batch_rounding(out[1], out[0])
+    d_alone = same_up_to_batch_rounding(out[0], recon[0])
+    print(f"identical prompts: max |edit - reconstruction| {d_rows:.2e}; row 0 vs reconstruction alone {d_alone:.2e} "
+          "(relative to the largest element)")
+    assert d_rows < BATCH_ROUNDING
+    assert d_alone < BATCH_ROUNDING
 
 
 def test_edit_batch_keeps_reconstruction_row_and_changes_the_edit(pipeline):
@@ -64,14 +75,14 @@ def test_edit_batch_keeps_reconstruction_row_and_changes_the_edit(pipeline):
     out, _ = edit(pipeline, tgt_cond, control)
     recon, _ = edit(pipeline)
     naive, _ = edit(pipeline, tgt_cond, None)
-    d_recon = float((out[0] - recon[0]).abs().max())
+    d_recon = same_up_to_batch_rounding(out[0], recon[0])
     change = mse(out[1], out[0])
     p2p_effect = mse(out[1], naive[1])
     print(f"reconstruction row vs alone {d_recon:.2e}; edit change {change:.3e}; P2P vs naive edit {p2p_effect:.3e}")
-    assert d_recon < 1e-4
+    assert d_recon < BATCH_ROUNDING
     assert change > 1e-4  # the word swap changes the image
     assert p2p_effect > 1e-4  # the attention control is active (random weights say nothing of edit quality)
-    assert torch.equal(naive[0], recon[0]) or float((naive[0] - recon[0]).abs().max()) < 1e-4
+    assert same_up_to_batch_rounding(naive[0], recon[0]) < BATCH_ROUNDING
 
 
 @pytest.fixture(scope="module")
