@@ -191,13 +191,6 @@ class HostUNet:
             opts["sample_sigmas"] = self.sample_sigmas.to(self.device)
         return opts
 
-    @property
-    def batches_pairs(self) -> bool:
-        """Whether ``eps_pair`` is used by default where two predictions of a step are independent: on an
-        accelerator (CUDA, ...), where a batch of 2 costs little more than a batch of 1. On the CPU the two batch-1
-        calls of the measured CPU path are kept (``bench/run_bench.py`` times both ways for Direct Inversion)."""
-        return torch.device(self.device).type != "cpu"
-
     def _denoise(self, x: torch.Tensor, sigma_f: float, ctx: torch.Tensor, pooled: Optional[torch.Tensor],
                  cond_or_uncond: list[int]) -> torch.Tensor:
         """One ``apply_model`` call on the DDPM-scaled batch ``x`` (float32 on the device) -> eps (float32).

@@ -140,26 +140,25 @@ class _RowCounter:
 
 
 def test_direct_inversion_batched_pairs_equal_single_calls(pipeline):
-    """One batch-2 call per step (the GPU default) gives the offsets of two batch-1 calls (the CPU default) to
-    float32 rounding, with half the calls and the same rows."""
-    from nulltext_p2p.host.unet import HostUNet
+    """One batch-2 call per step (the default, on every device) gives the offsets of two batch-1 calls to float32
+    rounding, with half the calls and the same rows."""
     from nulltext_p2p.nodes.fast_inversion import run_fast_inversion
 
     model, clip, source, null, inv, _, _ = pipeline
-    assert HostUNet(model).batches_pairs is False  # CPU: today's batch-1 calls stay the default
     counts, values = {}, {}
-    for pairs in (False, True, None):
+    for pairs in (False, True, None):  # None: the node's default
         counter = _RowCounter(model.model.diffusion_model)
         try:
             with torch.inference_mode():
-                values[pairs], _ = run_fast_inversion(model, source, null, inv, "direct-inversion", 7.5, batch_pairs=pairs)
+                kw = {} if pairs is None else {"batch_pairs": pairs}
+                values[pairs], _ = run_fast_inversion(model, source, null, inv, "direct-inversion", 7.5, **kw)
         finally:
             counter.close()
         counts[pairs] = (counter.calls, counter.rows)
     steps = inv.steps
     assert counts[False] == (2 * steps, 2 * steps) and counts[True] == (steps, 2 * steps)
-    assert counts[None] == counts[False]
-    assert torch.equal(values[None].latent_offsets, values[False].latent_offsets)
+    assert counts[None] == counts[True]  # batch-2 by default, on the CPU too
+    assert torch.equal(values[None].latent_offsets, values[True].latent_offsets)
     single, paired = values[False].latent_offsets.double(), values[True].latent_offsets.double()
     scale = float(single.abs().max())
     diff = float((paired - single).abs().max())
