@@ -5,7 +5,7 @@
 # random-weight CLIP for the prompts, no VAE, nothing downloaded): SD 1.5 (860 M) at 512 px and SDXL (2.6 B) at 1024 px. For each: DDIM inversion,
 # null-text ours (default settings) vs the authors' reference with frozen weights, both with memory_saving
 # (gradient checkpointing; the reference under the same checkpointing for SD 1.5), the model in fp32 and in
-# fp16/bf16 (ours and the frozen reference), Direct Inversion with batch-2 (GPU default) and batch-1 calls.
+# fp16/bf16 (ours and the frozen reference), Direct Inversion with batch-2 (the default) and batch-1 calls.
 # Reports wall time per phase, the CUDA allocator peak per phase, and ours/reference ratios and result agreement.
 #
 # Needs:

@@ -575,6 +575,13 @@ def main(argv=None) -> int:
         ref = vae.decode(latent["samples"]) if synthetic_latent else image
         return round(psnr(img[..., :3].cpu().clamp(0, 1), ref[..., :3].cpu().clamp(0, 1)), 2)
 
+    def record_reconstruction(row: dict, rec, z0) -> None:
+        """The row's latent MSE against z0 and, with a VAE, the decoded PSNR."""
+        row["latent_mse"] = float(((rec.double().cpu() - z0.double().cpu()) ** 2).mean())
+        p = decode_psnr(rec)
+        if p is not None:
+            row["psnr_db"] = p
+
     def phase(name: str, fn, z0=None, note: str = ""):
         row = {"phase": name, "note": note}
         f0, r0, b0 = snapshot()
@@ -584,10 +591,7 @@ def main(argv=None) -> int:
         row.update(unet_calls=f1 - f0, unet_evals=r1 - r0, backward=b1 - b0)
         rec = result.get("recon") if isinstance(result, dict) else None
         if rec is not None and z0 is not None:
-            row["latent_mse"] = float(((rec.double().cpu() - z0.double().cpu()) ** 2).mean())
-            p = decode_psnr(rec)
-            if p is not None:
-                row["psnr_db"] = p
+            record_reconstruction(row, rec, z0)
         if isinstance(result, dict) and "iterations" in result:
             row["inner_iterations"] = int(sum(result["iterations"]))
         rows.append(row)
@@ -714,20 +718,16 @@ def main(argv=None) -> int:
                 return {"value": value}
             calls = ""
             if method == "direct-inversion":
-                batched = pairs
-                calls = (", one batch-2 call per step" if batched else ", two batch-1 calls per step") + \
+                calls = (", one batch-2 call per step" if pairs else ", two batch-1 calls per step") + \
                     (" (default)" if pairs == default_pairs else "")
-                di_names[batched] = f"{method}{calls}"
+                di_names[pairs] = f"{method}{calls}"
             name = f"{method}{calls}"
             value = phase(name, fast, None, "fast mode (its values only; the row's MSE: reconstruction through "
                                             "Edited Sample, untimed)")["value"]
             fast_fns[name] = fast
             with torch.inference_mode():
                 out, _ = run_edit(model, inv, value, source, None, None, args.guidance, preview=False)
-            rows[-1]["latent_mse"] = float(((out[0:1].double().cpu() - z0.double().cpu()) ** 2).mean())
-            p = decode_psnr(out[0:1])
-            if p is not None:
-                rows[-1]["psnr_db"] = p
+            record_reconstruction(rows[-1], out[0:1], z0)
             write_report()
         if args.repeat > 1:
             time_pairs(rows, {n: fast_fns[n] for n in di_names.values()}, args.repeat, cuda)
