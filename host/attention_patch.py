@@ -1,16 +1,31 @@
-"""Prompt-to-Prompt through the host's public attention patch API.
+"""Prompt-to-Prompt through the host's public attention patch API, composed with what other nodes put there.
 
-One ``P2PAttentionPatch`` object is registered with ``set_model_attn1_replace`` / ``set_model_attn2_replace``
-for every transformer block of a *cloned* ModelPatcher. It edits only the conditional rows (read from the
-host's ``cond_or_uncond``), derives the DDIM step from the sigmas (no call counters), and keeps its state when
-the host copies model options on ``clone()`` (``__deepcopy__`` returns the same object: 0.3.64 deep-copies them;
-from 0.14 on only the dicts and lists are copied, which keeps the same object anyway).
+One ``P2PAttentionPatch`` object is registered as the attn1/attn2 replace patch of every transformer block of a
+*cloned* ModelPatcher. It edits only the conditional rows (read from the host's ``cond_or_uncond``), derives the DDIM
+step from the sigmas (no call counters), and keeps its state when the host copies model options on ``clone()``
+(``__deepcopy__`` returns the same object: 0.3.64 deep-copies them; from 0.14 on only the dicts and lists are copied,
+which keeps the same object anyway).
+
+Other packs' attention patches stay in effect (``UpstreamAttention``):
+
+- A replace patch already on a block (IPAdapter's ``CrossAttentionPatch``, Self-Attention Guidance's recorder) is
+  wrapped: it computes every row, so rows the pack does not edit (the reconstruction row, the unconditional rows)
+  get exactly what it computed without the pack. An edited row gets the Prompt-to-Prompt attention plus what the
+  upstream patch adds to the host's plain attention on that row: ``edit + (upstream - plain)``. An IPAdapter keeps
+  adding its image attention to every row; a patch that only records (SAG) or changes nothing adds zero.
+- ``optimized_attention_override`` in ``transformer_options`` is treated the same way (it is the upstream attention).
+- attn1/attn2 ``*_patch`` and output patches run in the host's block around the replace patch, untouched; tiling
+  ones (Hypertile: ``(b tiles) tokens c`` queries against untiled keys) are followed: prompts are grouped per tile,
+  and keys/values take the queries' batch as the host's kernels do.
+- Where the pack installs its patch at a block's (name, number) key, a per-call replace set on the same key by a
+  sampler function (Perturbed-Attention Guidance's perturbed pass) replaces it for that call, as it would without
+  the pack.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -18,6 +33,15 @@ import comfy.ldm.modules.attention as host_attention
 
 from ..core.schedule import DDIMSchedule
 from .unet_layers import AttentionLayer
+
+OVERRIDE_KEY = "optimized_attention_override"
+ReplacePatch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
+
+
+def _batched_like(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """``t`` [b, n, c] viewed with ``batch`` rows, as the host's kernels reshape keys and values by the queries' batch
+    (Hypertile tiles the queries only)."""
+    return t if t.shape[0] == batch else t.reshape(batch, -1, t.shape[-1])
 
 
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -27,16 +51,76 @@ def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
     """softmax(QK^T / sqrt(d)) per head in float32: [B, heads, Nq, Nk]."""
-    qh, kh = _split_heads(q.float(), heads), _split_heads(k.float(), heads)
+    qh, kh = _split_heads(q.float(), heads), _split_heads(_batched_like(k, q.shape[0]).float(), heads)
     scale = 1.0 / math.sqrt(qh.shape[-1])
     return torch.softmax(torch.matmul(qh, kh.transpose(-1, -2)) * scale, dim=-1)
 
 
 def apply_probs(probs: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     """probs @ V, heads merged back: [B, N, heads * dim]."""
-    out = torch.matmul(probs, _split_heads(v.float(), heads))
+    out = torch.matmul(probs, _split_heads(_batched_like(v, probs.shape[0]).float(), heads))
     b, h, n, d = out.shape
     return out.transpose(1, 2).reshape(b, n, h * d).to(v.dtype)
+
+
+def host_attention_call(q, k, v, extra_options: dict, with_override: bool = True) -> torch.Tensor:
+    """The host's attention for a block (``optimized_attention`` with the block's heads and precision).
+
+    ``transformer_options`` is passed on (both hosts accept it; 0.33 needs it for its newer kernels), so an
+    ``optimized_attention_override`` applies; ``with_override=False`` computes the plain attention without it."""
+    options = extra_options
+    if not with_override and OVERRIDE_KEY in extra_options:
+        options = {k_: v_ for k_, v_ in extra_options.items() if k_ != OVERRIDE_KEY}
+    return host_attention.optimized_attention(q, k, v, extra_options["n_heads"],
+                                              attn_precision=extra_options.get("attn_precision"),
+                                              transformer_options=options)
+
+
+class UpstreamAttention:
+    """What a block's attention computes without the pack: the replace patch that was there, else the host's
+    attention (with any ``optimized_attention_override``)."""
+
+    def __init__(self, replace: Optional[ReplacePatch] = None) -> None:
+        self.replace = replace
+
+    def __call__(self, q, k, v, extra_options: dict) -> torch.Tensor:
+        if self.replace is not None:
+            return self.replace(q, k, v, extra_options)
+        return host_attention_call(q, k, v, extra_options)
+
+    def changes_attention(self, extra_options: dict) -> bool:
+        """True where it may differ from the host's plain attention (a replace patch or an override)."""
+        return self.replace is not None or OVERRIDE_KEY in extra_options
+
+    def added_to_plain(self, upstream_out: torch.Tensor, q, k, v, extra_options: dict) -> Optional[torch.Tensor]:
+        """``upstream - plain`` on every row (None where nothing upstream changes the attention)."""
+        if not self.changes_attention(extra_options):
+            return None
+        return upstream_out - host_attention_call(q, k, v, extra_options, with_override=False)
+
+
+PLAIN = UpstreamAttention()
+
+
+def prompt_row_groups(extra_options: dict, batch_rows: int) -> tuple[list[slice], int]:
+    """The rows of the prompts of each conditional chunk, one slice per chunk and tile, and the tile count.
+
+    The host batches chunks of equal size ([uncond rows | cond rows] by ``cond_or_uncond``); a tiling attn1 patch
+    (Hypertile) turns each sample row ``b`` into rows ``b * tiles + j``, so a chunk's prompts for tile ``j`` are a
+    strided slice."""
+    cou = extra_options.get("cond_or_uncond") or [0]
+    shape = extra_options.get("original_shape")
+    samples = int(shape[0]) if shape else batch_rows
+    tiles = batch_rows // samples if samples and batch_rows % samples == 0 else 1
+    chunk = samples // len(cou)
+    groups = [slice(i * chunk * tiles + j, (i + 1) * chunk * tiles, tiles)
+              for i, c in enumerate(cou) if c == 0 for j in range(tiles)]
+    return groups, tiles
+
+
+def _edited_rows(group: slice, tiles: int) -> slice:
+    """The rows of a prompt group after its first (the source) row."""
+    return slice(group.start + tiles, group.stop, group.step)
 
 
 class P2PAttentionPatch:
@@ -46,6 +130,8 @@ class P2PAttentionPatch:
     as in the reference (``AttentionStore.forward`` stores the tensor that ``AttentionControlEdit.forward`` then
     edits in place), so local blend and the attention-map pictures see the edited maps.
     ``edit`` may be None: then the patch only records cross-attention maps (attention-map pictures).
+    Upstream attention (the replace patch each block had, an attention override) computes every row; edited rows
+    are ``edit + (upstream - plain)`` (module docstring).
     """
 
     def __init__(
@@ -64,6 +150,7 @@ class P2PAttentionPatch:
         self.self_keys = {l.key for l in layers if l.downsample >= self_max_downsample_exclusive}
         self.map_keys = {l.key for l in layers if l.has_cross and l.downsample == map_downsample}
         self.map_downsample = map_downsample
+        self.upstream: dict[tuple[str, tuple[str, int, int]], UpstreamAttention] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -88,53 +175,47 @@ class P2PAttentionPatch:
         block = extra_options.get("block") or ("", 0)
         return (block[0], int(block[1]), int(extra_options.get("block_index", 0)))
 
-    def _cond_rows(self, extra_options: dict, batch: int) -> list[slice]:
-        cou = extra_options.get("cond_or_uncond") or [0]
-        chunk = batch // len(cou)
-        return [slice(i * chunk, (i + 1) * chunk) for i, c in enumerate(cou) if c == 0]
-
-    def _default(self, q, k, v, extra_options):
-        # transformer_options: the host's attention override (optimized_attention_override) and kernels that read
-        # them apply to patched layers too (both hosts accept the keyword; 0.33 needs it for the new kernels).
-        return host_attention.optimized_attention(q, k, v, extra_options["n_heads"],
-                                                  attn_precision=extra_options.get("attn_precision"),
-                                                  transformer_options=extra_options)
-
-    def cross(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        step = self.step_of(extra_options)
+    def _attend(self, kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict,
+                edit_rows: Optional[Callable[[torch.Tensor, int], torch.Tensor]], record: bool) -> torch.Tensor:
+        """Upstream attention on every row; ``edit_rows(probs, step)`` on each conditional prompt group (rows 1..
+        replaced); cross-attention maps recorded when ``record``."""
         key = self.key_of(extra_options)
-        record = key in self.map_keys
-        edit_now = self.edit is not None and step is not None and self.edit.cross_active(step)
-        rows = self._cond_rows(extra_options, q.shape[0])
-        if step is None or not rows or not (record or edit_now):
-            return self._default(q, k, v, extra_options)
+        upstream = self.upstream.get((kind, key), PLAIN)
+        out = upstream(q, k, v, extra_options)
+        if edit_rows is None and not record:
+            return out
+        groups, tiles = prompt_row_groups(extra_options, q.shape[0])
+        if not groups:
+            return out
+        step = self.step_of(extra_options)
         heads = extra_options["n_heads"]
-        out = self._default(q, k, v, extra_options)
-        for r in rows:
-            probs = attention_probs(q[r], k[r], heads)  # [n_prompts, heads, Q, K]
+        k, v = _batched_like(k, q.shape[0]), _batched_like(v, q.shape[0])
+        added = upstream.added_to_plain(out, q, k, v, extra_options) if edit_rows is not None else None
+        out = out.clone() if edit_rows is not None else out
+        for rows in groups:
+            probs = attention_probs(q[rows], k[rows], heads)  # [n_prompts, heads, Q, K]
             if probs.shape[0] != self.n_prompts:
                 raise RuntimeError(f"expected {self.n_prompts} prompt rows per conditional chunk, got {probs.shape[0]}")
-            if edit_now:
-                probs = self.edit.edit_cross(probs, step)
-                out[r] = apply_probs(probs, v[r], heads)
-            if record:  # after the edit: the reference's store holds the edited rows (written into it in place)
+            if edit_rows is not None:
+                probs = edit_rows(probs, step)
+                edited = _edited_rows(rows, tiles)
+                new = apply_probs(probs[1:], v[edited], heads)
+                out[edited] = new if added is None else new + added[edited]
+            if record and tiles == 1:  # after the edit: the reference's store holds the edited rows (in place)
                 self._record(probs, extra_options)
         return out
 
+    def cross(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        step = self.step_of(extra_options)
+        record = step is not None and self.key_of(extra_options) in self.map_keys
+        edit_now = self.edit is not None and step is not None and self.edit.cross_active(step)
+        return self._attend("attn2", q, k, v, extra_options, self.edit.edit_cross if edit_now else None, record)
+
     def self_attn(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         step = self.step_of(extra_options)
-        key = self.key_of(extra_options)
-        rows = self._cond_rows(extra_options, q.shape[0])
-        active = (self.edit is not None and step is not None and key in self.self_keys and bool(rows)
+        active = (self.edit is not None and step is not None and self.key_of(extra_options) in self.self_keys
                   and self.edit.self_active(step))
-        if not active:
-            return self._default(q, k, v, extra_options)
-        heads = extra_options["n_heads"]
-        out = self._default(q, k, v, extra_options)
-        for r in rows:
-            probs = self.edit.edit_self(attention_probs(q[r], k[r], heads), step)
-            out[r] = apply_probs(probs, v[r], heads)
-        return out
+        return self._attend("attn1", q, k, v, extra_options, self.edit.edit_self if active else None, False)
 
     def _record(self, probs: torch.Tensor, extra_options: dict) -> None:
         shape = extra_options.get("activations_shape")
@@ -155,9 +236,25 @@ class P2PAttentionPatch:
         return (self.map_sum / self.map_count).reshape(self.map_sum.shape[0], h, w, -1)
 
     def install(self, patcher, layers: list[AttentionLayer]) -> None:
-        """Register on every transformer block of ``patcher`` (a clone)."""
+        """Register on every transformer block of ``patcher`` (a clone), wrapping the replace patch each block had.
+
+        A block whose upstream patch sits at its full (name, number, index) key gets the pack's patch there; every
+        other block gets it at its (name, number) key, the level a per-call replace (PAG) uses, so such a replace
+        still takes the block for its own pass."""
+        replaces = patcher.model_options.get("transformer_options", {}).get("patches_replace", {})
         for layer in layers:
             name, number, index = layer.key
-            patcher.set_model_attn1_replace(self.self_attn, name, number, index)
+            kinds = [("attn1", self.self_attn, patcher.set_model_attn1_replace)]
             if layer.has_cross:
-                patcher.set_model_attn2_replace(self.cross, name, number, index)
+                kinds.append(("attn2", self.cross, patcher.set_model_attn2_replace))
+            for kind, fn, register in kinds:
+                present = replaces.get(kind, {})
+                full = present.get(layer.key)
+                block = present.get((name, number))
+                if full is not None:
+                    self.upstream[(kind, layer.key)] = UpstreamAttention(full)
+                    register(fn, name, number, index)
+                else:
+                    if block is not None:
+                        self.upstream[(kind, layer.key)] = UpstreamAttention(block)
+                    register(fn, name, number)
