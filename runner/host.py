@@ -7,10 +7,12 @@ the same checkout reuses it (the tests' conftest may have imported it already).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -154,7 +156,8 @@ def setup_host(path: Path, cpu: bool = False, log: Callable[[str], None] = print
 
 async def init_nodes(host: Host, pack_root: Path = PACK_ROOT) -> None:
     """Load core, comfy_extras and custom nodes (``nodes.init_extra_nodes``; API nodes are skipped), then this pack
-    if it is not installed in custom_nodes/. Once per process."""
+    if it is not installed in custom_nodes/, with the runner's server stand-in as ``PromptServer.instance`` (see
+    ``install_server_stub``). Once per process."""
     global _NODES_READY
     nodes = host.nodes
     if _NODES_READY and PACK_NODE_ID in nodes.NODE_CLASS_MAPPINGS:
@@ -163,6 +166,7 @@ async def init_nodes(host: Host, pack_root: Path = PACK_ROOT) -> None:
         import hook_breaker_ac10a0 as hook_breaker
     except ImportError:  # pragma: no cover - older hosts
         hook_breaker = None
+    install_server_stub()  # main.py creates the PromptServer before init_extra_nodes: node modules use it to load
     if hook_breaker is not None:
         hook_breaker.save_functions()
     try:
@@ -385,15 +389,56 @@ class Reporter:
 
 
 class ServerStub:
-    """What PromptExecutor and the progress machinery expect of ``server.PromptServer``, printing to a Reporter."""
+    """The runner's ``server.PromptServer.instance``: what node modules use of the server while they load
+    (``routes`` and ``app`` to add HTTP routes, ``add_on_prompt_handler``, ``supports``, ``node_replace_manager``
+    where the host has one) and what PromptExecutor and the progress machinery use while a prompt runs
+    (``send_sync``, ``send_progress_text``, ``client_id``, ...), printing to a Reporter. Nothing is served: routes
+    are collected, never bound to a socket."""
 
-    def __init__(self, reporter: Reporter):
-        self.reporter = reporter
+    def __init__(self, reporter: Optional[Reporter] = None):
+        self.reporter = reporter if reporter is not None else Reporter({}, quiet=True)
         self.client_id: Optional[str] = None
         self.last_node_id: Optional[str] = None
         self.last_prompt_id: Optional[str] = None
+        self.sockets: dict = {}
         self.sockets_metadata: dict = {}
+        self.supports = ["custom_nodes_from_web"]  # as server.PromptServer
+        self.number = 0
+        self.on_prompt_handlers: list = []
         self.events: list = []
+        try:
+            from aiohttp import web  # the host's own dependency (server.py)
+
+            self.routes = web.RouteTableDef()
+            self.app = web.Application()
+        except ImportError:  # pragma: no cover - every host needs aiohttp
+            pass
+        try:  # hosts with node replacements (0.33: comfy_extras/nodes_replacements.py registers them on load)
+            from app.node_replace_manager import NodeReplaceManager
+        except ImportError:
+            NodeReplaceManager = None
+        if NodeReplaceManager is not None:
+            self.node_replace_manager = NodeReplaceManager()
+
+    @property
+    def loop(self):
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+
+    def add_on_prompt_handler(self, handler) -> None:
+        self.on_prompt_handlers.append(handler)
+
+    def trigger_on_prompt(self, json_data: dict) -> dict:
+        """As server.PromptServer: each handler may change the request; one that raises is logged and skipped."""
+        for handler in self.on_prompt_handlers:
+            try:
+                json_data = handler(json_data)
+            except Exception:  # noqa: BLE001 - as the server
+                logging.warning("[ERROR] An error occurred during the on_prompt_handler processing")
+                logging.warning(traceback.format_exc())
+        return json_data
 
     def send_sync(self, event, data, sid=None) -> None:
         self.events.append((event, data))
@@ -410,13 +455,31 @@ class ServerStub:
                 self.reporter.node_text(data.get("node"), output.get("text"))
 
     def send_progress_text(self, text, node_id, sid=None) -> None:
+        if isinstance(text, (bytes, bytearray)):
+            text = text.decode("utf-8", errors="replace")
         self.reporter.node_text(node_id, [text])
 
     def queue_updated(self) -> None:
         pass
 
-    def send_json(self, *a, **k) -> None:  # pragma: no cover - some nodes call it
+    async def send(self, event, data, sid=None) -> None:  # pragma: no cover - some nodes call it
         pass
+
+    async def send_json(self, event, data, sid=None) -> None:  # pragma: no cover - some nodes call it
+        pass
+
+
+def install_server_stub() -> Optional[Any]:
+    """``server.PromptServer.instance``, made a ServerStub if the host has no server instance yet; it stays for the
+    life of the process (a server's does). None if the host's server module cannot be imported (then neither can
+    the node modules that use it, and the host says why when it loads them)."""
+    try:
+        import server
+    except Exception:  # noqa: BLE001 - reported by the host when a node module imports it
+        return None
+    if getattr(server.PromptServer, "instance", None) is None:
+        server.PromptServer.instance = ServerStub()
+    return server.PromptServer.instance
 
 
 @dataclass
@@ -510,26 +573,30 @@ async def execute_prompt(host: Host, prompt: dict, workflow: Optional[Mapping] =
     execution = host.execution
     reporter = reporter or Reporter(prompt)
     prompt_id = str(uuid.uuid4())
-    valid = await execution.validate_prompt(prompt_id, prompt, None)
-    ok, error, good_outputs, node_errors = valid[0], valid[1], valid[2], valid[3]
-    if not ok or node_errors:
-        raise ValidationError(format_validation_error(error, node_errors, prompt))
-
     folders = (host.folder_paths.get_output_directory(), host.folder_paths.get_input_directory(),
                host.folder_paths.get_temp_directory())
     if executor is not None and getattr(executor, "_nulltext_p2p_folders", None) != folders:
         executor = None
     if executor is None:
-        server = ServerStub(reporter)
-        executor = compat.new_prompt_executor(execution, server)
-        executor._nulltext_p2p_folders = folders
+        instance = install_server_stub()  # the one the nodes loaded with (its on_prompt handlers, node replacements)
+        server = instance if isinstance(instance, ServerStub) else ServerStub()
     else:
         server = executor.server
-        server.reporter = reporter
-    server.last_prompt_id = prompt_id
     extra_data: dict = {"client_id": CLIENT_ID}
     if workflow is not None:
         extra_data["extra_pnginfo"] = {"workflow": workflow}  # saved PNGs open in the editor, as from the UI
+    prompt, extra_data = _as_posted(server, prompt, extra_data)
+    reporter.prompt = prompt
+    valid = await execution.validate_prompt(prompt_id, prompt, None)
+    ok, error, good_outputs, node_errors = valid[0], valid[1], valid[2], valid[3]
+    if not ok or node_errors:
+        raise ValidationError(format_validation_error(error, node_errors, prompt))
+
+    if executor is None:
+        executor = compat.new_prompt_executor(execution, server)
+        executor._nulltext_p2p_folders = folders
+    server.reporter = reporter
+    server.last_prompt_id = prompt_id
 
     def hook(value, total, preview_image=None, prompt_id=None, node_id=None):
         try:
@@ -544,19 +611,12 @@ async def execute_prompt(host: Host, prompt: dict, workflow: Optional[Mapping] =
         reporter.progress(node_id if node_id is not None else server.last_node_id, value, total)
 
     old_hook = host.comfy_utils.PROGRESS_BAR_HOOK
-    server_module = sys.modules.get("server")
-    stub_installed = False
-    if server_module is not None and getattr(getattr(server_module, "PromptServer", None), "instance", None) is None:
-        server_module.PromptServer.instance = server  # nodes that call PromptServer.instance.send_progress_text
-        stub_installed = True
     host.comfy_utils.set_progress_bar_global_hook(hook)
     started = time.perf_counter()
     try:
         await executor.execute_async(prompt, prompt_id, extra_data, good_outputs)
     finally:
         host.comfy_utils.set_progress_bar_global_hook(old_hook)
-        if stub_installed:
-            server_module.PromptServer.instance = None
         reporter.finish()
     seconds = time.perf_counter() - started
     failure = None
@@ -574,6 +634,19 @@ async def execute_prompt(host: Host, prompt: dict, workflow: Optional[Mapping] =
     result = RunResult(prompt_id=prompt_id, prompt=prompt, ui_outputs=ui_outputs, executor=executor, seconds=seconds)
     result.saved = collect_saved(host, ui_outputs, prompt)
     return result
+
+
+def _as_posted(server, prompt: dict, extra_data: dict) -> tuple:
+    """What the server's ``POST /prompt`` does to a prompt before validating it: the on_prompt handlers that node
+    modules registered, then the node replacements (hosts that have them) for node types this host no longer has."""
+    if getattr(server, "on_prompt_handlers", None):
+        request = server.trigger_on_prompt({"prompt": prompt, "client_id": CLIENT_ID, "extra_data": extra_data})
+        prompt = request.get("prompt", prompt)
+        extra_data = request.get("extra_data", extra_data)
+    manager = getattr(server, "node_replace_manager", None)
+    if manager is not None:
+        manager.apply_replacements(prompt)
+    return prompt, extra_data
 
 
 def run_sync(coro):
