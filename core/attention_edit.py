@@ -15,79 +15,29 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from dataclasses import dataclass, fields
 from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as nnf
 
-from .prompt_tokens import PromptError, PromptTokens, normalize_word
+from .prompt_tokens import PromptError, PromptTokens
 from .seq_aligner import refinement_mapper, replacement_mapper
 
 __all__ = [
     "AttentionEdit",
     "PromptError",
     "build_attention_edit",
-    "parse_word_list",
-    "parse_word_values",
-    "parse_word_windows",
+    "check_window",
     "MODES",
 ]
 
 MODES = ("replace", "refine")
 
-_SEP = re.compile(r"[,;\n]")
-_NUM = r"(\d+(?:\.\d*)?|\.\d+)"
-_WINDOW_RANGE = re.compile(rf"^{_NUM}\s*(?:-|\.\.|to)\s*{_NUM}$")
-_WINDOW_SINGLE = re.compile(rf"^{_NUM}$")
 
-
-# --------------------------------------------------------------------------------------------------------
-# Parsing of node inputs
-# --------------------------------------------------------------------------------------------------------
-
-
-def _items(text: str, seps: re.Pattern = _SEP) -> list[str]:
-    return [s.strip() for s in seps.split(text or "") if s.strip()]
-
-
-def parse_word_values(text: str) -> list[tuple[str, float]]:
-    """Parse ``"tiger=2, fluffy=0.5"`` into ``[("tiger", 2.0), ("fluffy", 0.5)]``.
-
-    Items are separated by commas, semicolons or new lines; a word may be a multi-word phrase
-    (``"red car=2"``). Empty input gives ``[]``.
-    """
-    syntax = "expected 'word=value' items separated by commas, e.g. 'tiger=2, fluffy=0.5'"
-    out: list[tuple[str, float]] = []
-    for item in _items(text):
-        word, eq, value = item.partition("=")
-        word, value = word.strip(), value.strip()
-        if not eq or "=" in value or not normalize_word(word):
-            raise PromptError(f"cannot read {item!r}: {syntax}")
-        try:
-            v = float(value)
-        except ValueError:
-            raise PromptError(f"cannot read the value of {item!r}: {syntax}") from None
-        if not math.isfinite(v):
-            raise PromptError(f"the value of {item!r} is not a finite number: {syntax}")
-        out.append((word, v))
-    return out
-
-
-def parse_word_list(text: str) -> list[str]:
-    """Parse ``"cat, tiger"`` into ``["cat", "tiger"]`` (commas, semicolons or new lines separate)."""
-    out: list[str] = []
-    for item in _items(text):
-        if "=" in item or not normalize_word(item):
-            raise PromptError(
-                f"cannot read {item!r}: expected words or phrases separated by commas, e.g. 'cat, tiger'"
-            )
-        out.append(item)
-    return out
-
-
-def _check_window(what: str, start: float, end: float) -> tuple[float, float]:
+def check_window(what: str, start: float, end: float) -> tuple[float, float]:
+    """``(start, end)`` as floats when ``0 <= start <= end <= 1`` (fractions of the steps); else :class:`PromptError`
+    (``what`` names the window)."""
     if not (0.0 <= start <= 1.0 and 0.0 <= end <= 1.0):
         raise PromptError(f"{what}: the window ({start}, {end}) must lie within [0, 1] (fractions of the steps)")
     if start > end:
@@ -98,41 +48,14 @@ def _check_window(what: str, start: float, end: float) -> tuple[float, float]:
 def _as_window(what: str, value: float | Sequence[float]) -> tuple[float, float]:
     """A number x means (0, x) like the reference; a pair is (start, end)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _check_window(what, 0.0, float(value))
+        return check_window(what, 0.0, float(value))
     try:
         start, end = value  # type: ignore[misc]
-        return _check_window(what, float(start), float(end))
+        return check_window(what, float(start), float(end))
     except (TypeError, ValueError) as e:
         if isinstance(e, PromptError):
             raise
         raise PromptError(f"{what}: expected a number or a (start, end) pair, got {value!r}") from None
-
-
-def parse_word_windows(text: str) -> dict[str, tuple[float, float]]:
-    """Parse ``"tiger=0.0-0.4; sofa=0.2"`` into ``{"tiger": (0.0, 0.4), "sofa": (0.0, 0.2)}``.
-
-    Each window is ``start-end`` (fractions of the steps in [0, 1]) or a single number x meaning (0, x),
-    like the reference. Items are separated by semicolons, commas or new lines.
-    """
-    syntax = "expected 'word=start-end' or 'word=end' items separated by ';', e.g. 'tiger=0.0-0.4; sofa=0.2'"
-    out: dict[str, tuple[float, float]] = {}
-    for item in _items(text):
-        word, eq, value = item.partition("=")
-        word, value = word.strip(), value.strip()
-        if not eq or not normalize_word(word):
-            raise PromptError(f"cannot read {item!r}: {syntax}")
-        m = _WINDOW_RANGE.match(value)
-        if m:
-            window = (float(m.group(1)), float(m.group(2)))
-        else:
-            m = _WINDOW_SINGLE.match(value)
-            if not m:
-                raise PromptError(f"cannot read the window of {item!r}: {syntax}")
-            window = (0.0, float(m.group(1)))
-        if word in out:
-            raise PromptError(f"the word {word!r} has two windows: {syntax}")
-        out[word] = _check_window(f"window of {word!r}", *window)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -311,6 +234,18 @@ def _prompt_list(prompts: Iterable[PromptTokens]) -> str:
     return "; ".join(f"{i}: {p.describe()}" for i, p in enumerate(prompts))
 
 
+def _find_in_prompts(word: str, prompts: Sequence[PromptTokens], what: str, where: str = "edited prompt",
+                     listed: str = "edited prompts") -> list[tuple[int, list[int]]]:
+    """``(prompt index, token positions)`` for every prompt of ``prompts`` that contains ``word``.
+
+    Raises :class:`PromptError` ("``what`` is not in any ``where``; ``listed``: the prompts") when none does.
+    """
+    found = [(i, pos) for i, p in enumerate(prompts) if (pos := p.find(word))]
+    if not found:
+        raise PromptError(f"{what} is not in any {where}; {listed}: {_prompt_list(prompts)}")
+    return found
+
+
 def _set_window(alpha: torch.Tensor, window: tuple[float, float], edit: int, positions: Sequence[int] | None) -> None:
     """Reference ``update_alpha_time_word``: rows [int(s*R), int(e*R)) = 1, others 0, R = alpha.shape[0]."""
     rows = alpha.shape[0]
@@ -319,6 +254,54 @@ def _set_window(alpha: torch.Tensor, window: tuple[float, float], edit: int, pos
     alpha[:start, edit, cols] = 0
     alpha[start:end, edit, cols] = 1
     alpha[end:, edit, cols] = 0
+
+
+def _mappers(source: PromptTokens, targets: list[PromptTokens], mode: str,
+             fix_tail_alignment: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(mapper, refine alphas or None), one row per edit (see :class:`AttentionEdit`)."""
+    if mode == "replace":
+        mapper = torch.stack(
+            [replacement_mapper(source, t, fix_tail_alignment=fix_tail_alignment) for t in targets]
+        )
+        return mapper, None
+    pairs = [refinement_mapper(source, t) for t in targets]
+    return torch.stack([m for m, _ in pairs]), torch.stack([a for _, a in pairs])
+
+
+def _cross_alpha(targets: list[PromptTokens], num_steps: int, max_len: int, cross_replace,
+                 word_windows: dict | None) -> torch.Tensor:
+    """Cross-attention schedule [num_steps + 1, n_edits, max_len] (reference ``get_time_words_attention_alpha``):
+    the default window everywhere, then each word's window at its tokens in the edited prompts."""
+    default_window = _as_window("cross_replace", cross_replace)
+    cross_alpha = torch.zeros(num_steps + 1, len(targets), max_len)
+    for e in range(len(targets)):
+        _set_window(cross_alpha, default_window, e, None)
+    for word, value in (word_windows or {}).items():
+        window = _as_window(f"window of {word!r}", value)
+        for e, pos in _find_in_prompts(word, targets, f"the word {word!r} (cross-attention window)"):
+            _set_window(cross_alpha, window, e, pos)
+    return cross_alpha
+
+
+def _equalizer(targets: list[PromptTokens], max_len: int, reweight: list[tuple[str, float]]) -> torch.Tensor:
+    """Reweight factors [n_edits, max_len] (1 = unchanged) at each word's tokens in each edited prompt."""
+    equalizer = torch.ones(len(targets), max_len)
+    for word, value in reweight:
+        value = float(value)
+        if not math.isfinite(value):
+            raise PromptError(f"the reweight factor of {word!r} is not a finite number: {value}")
+        for e, pos in _find_in_prompts(word, targets, f"the reweight word {word!r}"):
+            equalizer[e, pos] = value
+    return equalizer
+
+
+def _word_alpha(prompts: list[PromptTokens], max_len: int, blend_words: list[str]) -> torch.Tensor:
+    """Local-blend word marks [n_prompts, max_len]: 1 at each blend word's tokens in every prompt that has it."""
+    word_alpha = torch.zeros(len(prompts), max_len)
+    for word in blend_words:
+        for i, pos in _find_in_prompts(word, prompts, f"the blend word {word!r}", "prompt", "prompts (0 = source)"):
+            word_alpha[i, pos] = 1
+    return word_alpha
 
 
 def build_attention_edit(
@@ -372,62 +355,11 @@ def build_attention_edit(
     for p in targets:
         if p.max_len != max_len:
             raise PromptError(f"all prompts must have the same max_len, got {source.max_len} and {p.max_len}")
-    n_edits = len(targets)
 
-    # Token mappers.
-    refine_alphas = None
-    if mode == "replace":
-        mapper = torch.stack(
-            [replacement_mapper(source, t, fix_tail_alignment=fix_tail_alignment) for t in targets]
-        )
-    else:
-        pairs = [refinement_mapper(source, t) for t in targets]
-        mapper = torch.stack([m for m, _ in pairs])
-        refine_alphas = torch.stack([a for _, a in pairs])
-
-    # Cross-attention schedule (num_steps + 1 rows, like the reference).
-    default_window = _as_window("cross_replace", cross_replace)
-    cross_alpha = torch.zeros(num_steps + 1, n_edits, max_len)
-    for e in range(n_edits):
-        _set_window(cross_alpha, default_window, e, None)
-    for word, value in (word_windows or {}).items():
-        window = _as_window(f"window of {word!r}", value)
-        found = False
-        for e, t in enumerate(targets):
-            pos = t.find(word)
-            if pos:
-                found = True
-                _set_window(cross_alpha, window, e, pos)
-        if not found:
-            raise PromptError(
-                f"the word {word!r} (cross-attention window) is not in any edited prompt; edited prompts: "
-                f"{_prompt_list(targets)}"
-            )
-
-    # Self-attention window.
+    mapper, refine_alphas = _mappers(source, targets, mode, fix_tail_alignment)
+    cross_alpha = _cross_alpha(targets, num_steps, max_len, cross_replace, word_windows)
     s0, s1 = _as_window("self_replace", self_replace)
-    self_range = (int(num_steps * s0), int(num_steps * s1))
-
-    # Reweight.
-    equalizer = None
-    if reweight:
-        equalizer = torch.ones(n_edits, max_len)
-        for word, value in reweight:
-            value = float(value)
-            if not math.isfinite(value):
-                raise PromptError(f"the reweight factor of {word!r} is not a finite number: {value}")
-            found = False
-            for e, t in enumerate(targets):
-                pos = t.find(word)
-                if pos:
-                    found = True
-                    equalizer[e, pos] = value
-            if not found:
-                raise PromptError(
-                    f"the reweight word {word!r} is not in any edited prompt; edited prompts: {_prompt_list(targets)}"
-                )
-
-    # Local blend.
+    equalizer = _equalizer(targets, max_len, reweight) if reweight else None
     word_alpha = None
     start_step = 0
     if blend_words:
@@ -435,18 +367,7 @@ def build_attention_edit(
             raise PromptError(f"blend_start must be a fraction of the steps in [0, 1], got {blend_start}")
         if not 0.0 <= float(blend_threshold) < 1.0:
             raise PromptError(f"blend_threshold must be in [0, 1), got {blend_threshold}")
-        word_alpha = torch.zeros(len(prompts), max_len)
-        for word in blend_words:
-            found = False
-            for i, p in enumerate(prompts):
-                pos = p.find(word)
-                if pos:
-                    found = True
-                    word_alpha[i, pos] = 1
-            if not found:
-                raise PromptError(
-                    f"the blend word {word!r} is not in any prompt; prompts (0 = source): {_prompt_list(prompts)}"
-                )
+        word_alpha = _word_alpha(prompts, max_len, blend_words)
         start_step = int(float(blend_start) * num_steps)
 
     return AttentionEdit(
@@ -456,7 +377,7 @@ def build_attention_edit(
         max_len=max_len,
         mapper=mapper,
         cross_alpha=cross_alpha,
-        self_replace=self_range,
+        self_replace=(int(num_steps * s0), int(num_steps * s1)),
         refine_alphas=refine_alphas,
         equalizer=equalizer,
         word_alpha=word_alpha,

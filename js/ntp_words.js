@@ -1,7 +1,8 @@
 // Null-text P2P: how the Attention Controller's prompts split into words, and what each setting does to them.
 //
 // Pure functions (no DOM, no ComfyUI): imported by nulltext_p2p.js in the browser and by the tests under node.
-// The rules mirror the pack's Python (core/prompt_tokens.py, core/attention_edit.py, core/seq_aligner.py):
+// The rules mirror the pack's Python (core/prompt_tokens.py, core/attention_edit.py, core/seq_aligner.py, and
+// nodes/word_syntax.py for the word fields: one grammar, both sides tested on tests/word_syntax_cases.json):
 //   - a prompt splits on whitespace (Python's str.split());
 //   - words are matched lower-cased with , . ; : ! ? " ' ( ) stripped at both ends (normalize_word);
 //   - a phrase matches consecutive words (PromptTokens.find);
@@ -11,6 +12,7 @@
 //   - reweight and cross-attention windows act on the edited prompts, local blend on every prompt.
 
 export const PUNCTUATION = ",.;:!?\"'()";
+/** core.attention_edit.MODES (tests/test_js_extension.py checks they are equal). */
 export const MODES = ["replace", "refine"];
 /** The controller's inputs the helper reads (each may be a widget or linked from another node). */
 export const WATCHED_INPUTS = ["source_prompt", "target_prompts", "mode", "reweight", "word_windows", "blend_words"];
@@ -65,7 +67,10 @@ function partition(item) {
   return [item.slice(0, i).trim(), "=", item.slice(i + 1).trim()];
 }
 
-const NUMBER = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
+// What Python's float() reads (ASCII): digits may be grouped by single underscores; inf and nan are read, then
+// refused as not finite.
+const DIGITS = "\\d(?:_?\\d)*";
+const NUMBER = new RegExp(`^[+-]?(?:(?:${DIGITS}(?:\\.(?:${DIGITS})?)?|\\.${DIGITS})(?:e[+-]?${DIGITS})?|inf|infinity|nan)$`, "i");
 const UNSIGNED = "(\\d+(?:\\.\\d*)?|\\.\\d+)";
 const WINDOW_RANGE = new RegExp(`^${UNSIGNED}\\s*(?:-|\\.\\.|to)\\s*${UNSIGNED}$`);
 const WINDOW_SINGLE = new RegExp(`^${UNSIGNED}$`);
@@ -80,9 +85,13 @@ export function parseWordValues(text) {
       errors.push(`cannot read '${item}': write e.g. 'tiger=2, fluffy=0.5'`);
       continue;
     }
-    const v = Number(value);
-    if (!NUMBER.test(value) || !Number.isFinite(v)) {
+    if (!NUMBER.test(value)) {
       errors.push(`cannot read the value of '${item}': write e.g. 'tiger=2, fluffy=0.5'`);
+      continue;
+    }
+    const v = Number(value.replaceAll("_", ""));
+    if (!Number.isFinite(v)) {
+      errors.push(`the value of '${item}' is not a finite number: write e.g. 'tiger=2, fluffy=0.5'`);
       continue;
     }
     out.push([word, v]);
@@ -123,12 +132,16 @@ export function parseWordWindows(text) {
       errors.push(`cannot read the window of '${item}': write e.g. 'tiger=0.0-0.4; sofa=0.6'`);
       continue;
     }
-    if (win[0] < 0 || win[1] > 1 || win[0] > win[1]) {
-      errors.push(`the window of '${word}' must lie within 0..1 with start <= end`);
-      continue;
-    }
     if (seen.has(word)) {
       errors.push(`the word '${word}' has two windows`);
+      continue;
+    }
+    if (win[0] < 0 || win[0] > 1 || win[1] < 0 || win[1] > 1) {
+      errors.push(`window of '${word}': the window (${win[0]}, ${win[1]}) must lie within [0, 1]`);
+      continue;
+    }
+    if (win[0] > win[1]) {
+      errors.push(`window of '${word}': the window start ${win[0]} is after its end ${win[1]}`);
       continue;
     }
     seen.add(word);

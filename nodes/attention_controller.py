@@ -9,13 +9,14 @@ import torch
 
 from comfy_api.latest import io
 
-from ..core.attention_edit import build_attention_edit, parse_word_list, parse_word_values, parse_word_windows
+from ..core.attention_edit import build_attention_edit
 from ..core.prompt_tokens import PromptError
 from ..core.values import AttentionControl
 from ..host.errors import NodeInputError
 from ..host.tokens import prompt_tokens
 from . import types
 from .common import cond_fingerprint
+from .word_syntax import parse_word_list, parse_word_values, parse_word_windows
 
 NODE = types.display_name("Attention Controller")
 MODES = ["replace", "refine"]

@@ -9,12 +9,12 @@ import torch
 import comfy.model_management
 from comfy_api.latest import io, ui
 
-from ..core.attention_edit import parse_word_list
 from ..core.attention_maps import NORMALIZE_MODES, attention_grid
 from ..core.prompt_tokens import PromptError
 from ..core.values import EditResult  # noqa: F401  (the type of 'attention'; checked by its fields)
 from ..host.errors import NodeInputError
 from . import types
+from .word_syntax import parse_word_list
 
 NODE = types.display_name("Attention Maps")
 

@@ -1,8 +1,28 @@
-"""Shared helpers for the host tests: encode prompts, make a test latent, run the nodes' functions."""
+"""Shared helpers for the tests: encode prompts, make a test latent, run the nodes' functions, run js/ntp_words.js."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
 import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_words(calls: list) -> list:
+    """Call js/ntp_words.js under node: ``[[name, *args], ...]`` -> the results (a function's return value, or the
+    value of an exported constant). Skips the test where node is not installed."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node (Node.js) not found: the JS word-rule tests need it (apt-get install -y nodejs)")
+    proc = subprocess.run([node, str(REPO_ROOT / "tests" / "js" / "run_words.mjs")], input=json.dumps({"calls": calls}),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
 
 
 def encode(clip, text: str) -> list:

@@ -18,13 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as nnf
 
-from nulltext_p2p.core.attention_edit import (
-    AttentionEdit,
-    build_attention_edit,
-    parse_word_list,
-    parse_word_values,
-    parse_word_windows,
-)
+from nulltext_p2p.core.attention_edit import AttentionEdit, build_attention_edit
 from nulltext_p2p.core.prompt_tokens import PromptError, PromptTokens, normalize_word, split_prompt
 from nulltext_p2p.core.seq_aligner import refinement_mapper, replacement_mapper
 
@@ -595,7 +589,7 @@ def test_blend_matches_reference_localblend():
     x_t = torch.randn(2, 4, 64, 64, generator=g)
     ref_call, alpha_layers = ref_blend(prompts, [("cat",), ("tiger",)], num_steps, maps_list, x_t)
     edit = build_attention_edit(pt(prompts[0]), [pt(prompts[1])], "replace", num_steps=num_steps,
-                                blend_words=parse_word_list("cat, tiger"))
+                                blend_words=["cat", "tiger"])
     assert torch.equal(edit.word_alpha, alpha_layers.reshape(2, L))
     assert edit.blend_start == 10 and edit.blend_threshold == 0.3
     maps = torch.cat([m.reshape(2, heads, 16, 16, L) for m in maps_list], dim=1)  # [P, 5*heads, 16, 16, L]
@@ -609,9 +603,9 @@ def test_blend_matches_reference_localblend():
 
 
 @pytest.mark.parametrize("x,y,blend,ref_words", [
-    ("a cat sitting on a sofa", "a tiger sitting on a sofa", "cat, tiger", (("cat",), ("tiger",))),
-    ("a cat sitting on a sofa", "a fluffy cat sitting on a sofa", "cat", (("cat",), ("cat",))),  # cat moves 2 -> 3
-    ("a cat sitting on a sofa", "a squirrel sitting on a big bicycle", "cat, squirrel, bicycle",
+    ("a cat sitting on a sofa", "a tiger sitting on a sofa", ["cat", "tiger"], (("cat",), ("tiger",))),
+    ("a cat sitting on a sofa", "a fluffy cat sitting on a sofa", ["cat"], (("cat",), ("cat",))),  # cat moves 2 -> 3
+    ("a cat sitting on a sofa", "a squirrel sitting on a big bicycle", ["cat", "squirrel", "bicycle"],
      (("cat",), ("squirrel", "bicycle"))),
 ])
 def test_blend_words_in_every_prompt_match_reference(x, y, blend, ref_words):
@@ -621,14 +615,14 @@ def test_blend_words_in_every_prompt_match_reference(x, y, blend, ref_words):
     maps_list = [torch.rand(2 * 2, 256, L, generator=g).softmax(-1) for _ in range(5)]
     x_t = torch.randn(2, 4, 64, 64, generator=g)
     ref_call, alpha_layers = ref_blend([x, y], ref_words, 10, maps_list, x_t)
-    edit = build_attention_edit(pt(x), [pt(y)], "refine", num_steps=10, blend_words=parse_word_list(blend))
+    edit = build_attention_edit(pt(x), [pt(y)], "refine", num_steps=10, blend_words=blend)
     assert torch.equal(edit.word_alpha, alpha_layers.reshape(2, L))
     maps = torch.cat([m.reshape(2, 2, 16, 16, L) for m in maps_list], dim=1)
     want = [ref_call(x_t) for _ in range(3)][-1]  # step 3 > int(0.2 * 10): blended
     assert edit.blend_active(2)
     assert torch.equal(edit.apply_blend(x_t, edit.blend_mask(maps, (64, 64))), want)
     # all blend words for every prompt: the reference call that is the pack's rule, for any number of edits
-    _, all_words = ref_blend([x, y], [tuple(parse_word_list(blend))] * 2, 10, maps_list, x_t)
+    _, all_words = ref_blend([x, y], [tuple(blend)] * 2, 10, maps_list, x_t)
     assert torch.equal(edit.word_alpha, all_words.reshape(2, L))
 
 
@@ -675,7 +669,7 @@ def test_blend_word_only_in_some_prompts_and_errors():
 
 
 # --------------------------------------------------------------------------------------------------------
-# Copy / device, validation, parsing
+# Copy / device, validation
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -725,32 +719,6 @@ def test_build_validation_messages():
     # multi-word phrase and case-insensitive match
     e2 = build_attention_edit(src, [pt("a Dog on a Sofa.")], "replace", reweight=[("dog on", 2.0)])
     assert e2.equalizer[0, 2:4].eq(2).all() and (e2.equalizer != 1).sum() == 2
-
-
-def test_parse_helpers():
-    assert parse_word_values("tiger=2, fluffy=0.5") == [("tiger", 2.0), ("fluffy", 0.5)]
-    assert parse_word_values(" red car = -1.5 ;\n cat=3 ") == [("red car", -1.5), ("cat", 3.0)]
-    assert parse_word_values("") == [] and parse_word_values("  ,  ") == []
-    for bad in ("tiger", "tiger=abc", "=2", "tiger=2=3", "tiger=inf"):
-        with pytest.raises(PromptError, match="word=value"):
-            parse_word_values(bad)
-    assert parse_word_list("cat, tiger") == ["cat", "tiger"]
-    assert parse_word_list("red car; cat\n") == ["red car", "cat"]
-    assert parse_word_list("") == []
-    with pytest.raises(PromptError, match="separated by commas"):
-        parse_word_list("cat=2")
-    assert parse_word_windows("tiger=0.0-0.4; sofa=0.2") == {"tiger": (0.0, 0.4), "sofa": (0.0, 0.2)}
-    assert parse_word_windows("tiger = .1 - 1, sofa=0.2..0.5") == {"tiger": (0.1, 1.0), "sofa": (0.2, 0.5)}
-    assert parse_word_windows("") == {}
-    for bad in ("tiger", "tiger=a-b", "tiger=0.1-", "tiger=-0.2"):
-        with pytest.raises(PromptError, match="word=start-end"):
-            parse_word_windows(bad)
-    with pytest.raises(PromptError, match=r"within \[0, 1\]"):
-        parse_word_windows("tiger=0.2-1.5")
-    with pytest.raises(PromptError, match="after its end"):
-        parse_word_windows("tiger=0.6-0.2")
-    with pytest.raises(PromptError, match="two windows"):
-        parse_word_windows("tiger=0.2; tiger=0.3")
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers import run_words
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JS_DIR = REPO_ROOT / "js"
@@ -50,16 +51,6 @@ STEP_TIMEOUT = 60  # s; one DevTools call
 # ------------------------------------------------------------------------------------------------------------
 # ntp_words.js under node, against the pack's Python word rules
 # ------------------------------------------------------------------------------------------------------------
-def run_words(calls: list) -> list:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node (Node.js) not found: the JS word-rule tests need it (apt-get install -y nodejs)")
-    proc = subprocess.run([node, str(REPO_ROOT / "tests" / "js" / "run_words.mjs")], input=json.dumps({"calls": calls}),
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
 def fake_tokens(text: str, vocab: dict):
     """PromptTokens with one token per word, the id given by the lower-cased word (like CLIP, which lower-cases)."""
     from nulltext_p2p.core.prompt_tokens import PromptTokens, split_prompt
@@ -107,12 +98,14 @@ CASES = [
 ]
 
 
+@pytest.mark.host  # the word fields' syntax is read by nulltext_p2p.nodes (which imports the host's comfy_api)
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_js_analysis_agrees_with_the_controller(case):
     """A word the helper marks missing (or a count it flags) is exactly what the Python controller rejects;
     the helper's swapped/added words are the ones the Python mappers treat as new."""
-    from nulltext_p2p.core.attention_edit import build_attention_edit, parse_word_list, parse_word_values, parse_word_windows
+    from nulltext_p2p.core.attention_edit import build_attention_edit
     from nulltext_p2p.core.prompt_tokens import PromptError
+    from nulltext_p2p.nodes.word_syntax import parse_word_list, parse_word_values, parse_word_windows
 
     mode, source, targets, reweight, blend, windows = case
     (analysis,) = run_words([["analyseController", {"mode": mode, "source_prompt": source, "target_prompts": targets,
@@ -155,6 +148,14 @@ def test_js_analysis_agrees_with_the_controller(case):
             mapper, alphas = refinement_mapper(src, t)
             added = [k for k in range(len(t.words)) if alphas[1 + k] == 0]
             assert [k for k, w in enumerate(edit["words"]) if w["kind"] == "added"] == added
+
+
+def test_js_modes_are_the_cores():
+    """ntp_words.js keeps its own MODES (the helper needs it without the server): the same as core's, in order."""
+    from nulltext_p2p.core.attention_edit import MODES
+
+    (js_modes,) = run_words([["MODES"]])
+    assert tuple(js_modes) == MODES
 
 
 def test_js_analysis_of_a_prompt_it_cannot_see():
