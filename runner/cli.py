@@ -206,7 +206,10 @@ def _run(args, log) -> int:
 
 
 def _batch(args, log) -> int:
-    from .batch import Progress, batch_in_process, batch_remote, format_table, read_captions
+    from .batch import batch_in_process, batch_remote
+    from .captions import read_captions
+    from .progress import Progress
+    from .summary import format_table
 
     read_captions(args.captions)  # a bad CSV fails here, before anything is imported or contacted
     progress = Progress(quiet=args.quiet)

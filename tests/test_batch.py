@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from nulltext_p2p.runner.batch import (BatchOutput, Row, local_name, output_items, photo_id, prepare_photo_prompt,
-                                       read_captions)
+from nulltext_p2p.runner.captions import Row, photo_id, read_captions
 from nulltext_p2p.runner.errors import UsageError
+from nulltext_p2p.runner.photo_prompt import prepare_photo_prompt
+from nulltext_p2p.runner.staging import BatchOutput, local_name, output_items
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORD_SWAP = REPO_ROOT / "example_workflows" / "word_swap.json"
