@@ -20,7 +20,7 @@ What the editor does and this module repeats
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from .errors import ConversionError
 
@@ -298,12 +298,3 @@ def workflow_to_prompt(workflow: Mapping, definitions: Mapping[str, Mapping]) ->
         raise ConversionError("the workflow has no nodes to run.")
     return prompt
 
-
-def output_node_ids(prompt: Mapping, definitions: Mapping[str, Mapping]) -> list[str]:
-    """Ids of the prompt's output nodes (SaveImage, PreviewImage, ...), as the host would run them."""
-    return [nid for nid, node in prompt.items()
-            if (definitions.get(node["class_type"]) or {}).get("output_node")]
-
-
-def iter_nodes(prompt: Mapping) -> Iterable[tuple[str, Mapping]]:
-    return sorted(prompt.items(), key=lambda kv: (len(kv[0]), kv[0]))
