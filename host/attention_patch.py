@@ -3,8 +3,8 @@
 One ``P2PAttentionPatch`` object is registered as the attn1/attn2 replace patch of every transformer block of a
 *cloned* ModelPatcher. It edits only the conditional rows (read from the host's ``cond_or_uncond``), derives the DDIM
 step from the sigmas (no call counters), and keeps its state when the host copies model options on ``clone()``
-(``__deepcopy__`` returns the same object: 0.3.64 deep-copies them; from 0.14 on only the dicts and lists are copied,
-which keeps the same object anyway).
+(``compat.SharedOnClone``). What it edits is recorded by an ``AttentionMapStore``, as the reference separates
+``AttentionStore`` from ``AttentionControlEdit``.
 
 Other packs' attention patches stay in effect (``UpstreamAttention``):
 
@@ -29,9 +29,8 @@ from typing import Callable, Optional
 
 import torch
 
-import comfy.ldm.modules.attention as host_attention
-
 from ..core.schedule import DDIMSchedule
+from .compat import SharedOnClone, host_optimized_attention
 from .unet_layers import AttentionLayer
 
 OVERRIDE_KEY = "optimized_attention_override"
@@ -64,16 +63,13 @@ def apply_probs(probs: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tenso
 
 
 def host_attention_call(q, k, v, extra_options: dict, with_override: bool = True) -> torch.Tensor:
-    """The host's attention for a block (``optimized_attention`` with the block's heads and precision).
-
-    ``transformer_options`` is passed on (both hosts accept it; 0.33 needs it for its newer kernels), so an
-    ``optimized_attention_override`` applies; ``with_override=False`` computes the plain attention without it."""
+    """The host's attention for a block (``optimized_attention`` with the block's heads and precision and its
+    ``transformer_options``, so an ``optimized_attention_override`` applies); ``with_override=False`` computes the
+    plain attention without the override."""
     options = extra_options
     if not with_override and OVERRIDE_KEY in extra_options:
         options = {k_: v_ for k_, v_ in extra_options.items() if k_ != OVERRIDE_KEY}
-    return host_attention.optimized_attention(q, k, v, extra_options["n_heads"],
-                                              attn_precision=extra_options.get("attn_precision"),
-                                              transformer_options=options)
+    return host_optimized_attention(q, k, v, extra_options["n_heads"], extra_options.get("attn_precision"), options)
 
 
 class UpstreamAttention:
@@ -123,12 +119,46 @@ def _edited_rows(group: slice, tiles: int) -> slice:
     return slice(group.start + tiles, group.stop, group.step)
 
 
-class P2PAttentionPatch:
+class AttentionMapStore:
+    """Cross-attention maps of the map layers, summed over heads, steps and layers (the reference's
+    ``AttentionStore`` restricted to the layers local blend and the attention-map pictures read)."""
+
+    def __init__(self, map_keys: set[tuple[str, int, int]]) -> None:
+        self.map_keys = map_keys
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget recorded maps (a new sampling run)."""
+        self.map_sum: Optional[torch.Tensor] = None  # [n_prompts, Q, tokens], float32
+        self.map_hw: tuple[int, int] = (0, 0)
+        self.map_count = 0
+
+    def record(self, probs: torch.Tensor, extra_options: dict) -> None:
+        """Add one layer's maps ``probs`` [n_prompts, heads, Q, tokens]."""
+        shape = extra_options.get("activations_shape")
+        summed = probs.sum(dim=1).detach().to("cpu", torch.float32)  # sum over heads: [n, Q, K]
+        if self.map_sum is None or self.map_sum.shape != summed.shape:
+            self.map_sum = torch.zeros_like(summed)
+            if shape is not None:
+                self.map_hw = (int(shape[2]), int(shape[3]))
+        self.map_sum += summed
+        self.map_count += probs.shape[1]
+
+    def mean_maps(self) -> Optional[torch.Tensor]:
+        """Cross-attention maps averaged over recorded steps, layers and heads: [n_prompts, h, w, tokens]."""
+        if self.map_sum is None or self.map_count == 0:
+            return None
+        h, w = self.map_hw
+        return (self.map_sum / self.map_count).reshape(self.map_sum.shape[0], h, w, -1)
+
+
+class P2PAttentionPatch(SharedOnClone):
     """Attention replacement implementing the Prompt-to-Prompt edits of an ``AttentionEdit``.
 
-    Cross-attention maps are recorded after ``edit_cross``: the edited rows hold the maps they were sampled with,
-    as in the reference (``AttentionStore.forward`` stores the tensor that ``AttentionControlEdit.forward`` then
-    edits in place), so local blend and the attention-map pictures see the edited maps.
+    Cross-attention maps are recorded into ``store`` after ``edit_cross``: the edited rows hold the maps they were
+    sampled with, as in the reference (``AttentionStore.forward`` stores the tensor that
+    ``AttentionControlEdit.forward`` then edits in place), so local blend and the attention-map pictures see the
+    edited maps.
     ``edit`` may be None: then the patch only records cross-attention maps (attention-map pictures).
     Upstream attention (the replace patch each block had, an attention override) computes every row; edited rows
     are ``edit + (upstream - plain)`` (module docstring).
@@ -146,22 +176,9 @@ class P2PAttentionPatch:
         self.edit = edit
         self.schedule = schedule
         self.n_prompts = n_prompts
-        self.sigmas = schedule.sigmas()[:-1].tolist()
         self.self_keys = {l.key for l in layers if l.downsample >= self_max_downsample_exclusive}
-        self.map_keys = {l.key for l in layers if l.has_cross and l.downsample == map_downsample}
-        self.map_downsample = map_downsample
+        self.store = AttentionMapStore({l.key for l in layers if l.has_cross and l.downsample == map_downsample})
         self.upstream: dict[tuple[str, tuple[str, int, int]], UpstreamAttention] = {}
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget recorded maps (a new sampling run)."""
-        self.map_sum: Optional[torch.Tensor] = None  # [n_prompts, Q, tokens], float32
-        self.map_hw: tuple[int, int] = (0, 0)
-        self.map_count = 0
-        self.step_maps_done: set[int] = set()
-
-    def __deepcopy__(self, memo):  # model options are deep-copied on clone: keep one shared state
-        return self
 
     def step_of(self, extra_options: dict) -> Optional[int]:
         sig = extra_options.get("sigmas")
@@ -202,12 +219,12 @@ class P2PAttentionPatch:
                 new = apply_probs(probs[1:], v[edited], heads)
                 out[edited] = new if added is None else new + added[edited]
             if record and tiles == 1:  # after the edit: the reference's store holds the edited rows (in place)
-                self._record(probs, extra_options)
+                self.store.record(probs, extra_options)
         return out
 
     def cross(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         step = self.step_of(extra_options)
-        record = step is not None and self.key_of(extra_options) in self.map_keys
+        record = step is not None and self.key_of(extra_options) in self.store.map_keys
         edit_now = self.edit is not None and step is not None and self.edit.cross_active(step)
         return self._attend("attn2", q, k, v, extra_options, self.edit.edit_cross if edit_now else None, record)
 
@@ -216,24 +233,6 @@ class P2PAttentionPatch:
         active = (self.edit is not None and step is not None and self.key_of(extra_options) in self.self_keys
                   and self.edit.self_active(step))
         return self._attend("attn1", q, k, v, extra_options, self.edit.edit_self if active else None, False)
-
-    def _record(self, probs: torch.Tensor, extra_options: dict) -> None:
-        shape = extra_options.get("activations_shape")
-        summed = probs.sum(dim=1).detach().to("cpu", torch.float32)  # sum over heads: [n, Q, K]
-        if self.map_sum is None or self.map_sum.shape != summed.shape:
-            self.map_sum = torch.zeros_like(summed)
-            if shape is not None:
-                self.map_hw = (int(shape[2]), int(shape[3]))
-        self.map_sum += summed
-        self.map_count += probs.shape[1]
-
-    def mean_maps(self) -> Optional[torch.Tensor]:
-        """Cross-attention maps (edited rows after the edit) averaged over recorded steps, layers and heads:
-        [n_prompts, h, w, tokens]."""
-        if self.map_sum is None or self.map_count == 0:
-            return None
-        h, w = self.map_hw
-        return (self.map_sum / self.map_count).reshape(self.map_sum.shape[0], h, w, -1)
 
     def install(self, patcher, layers: list[AttentionLayer]) -> None:
         """Register on every transformer block of ``patcher`` (a clone), wrapping the replace patch each block had.

@@ -46,8 +46,45 @@ def cached_node_outputs(outputs_cache: Any, node_id: str) -> Optional[list]:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Node schema
+# --------------------------------------------------------------------------------------------------------------
+def schema_has_search_aliases(schema_cls: Any) -> bool:
+    """True where ``io.Schema`` takes ``search_aliases`` (added in 0.33, indexed by frontend 1.49+; 0.3.64 has no
+    such field and would refuse the keyword)."""
+    import dataclasses
+
+    return "search_aliases" in {f.name for f in dataclasses.fields(schema_cls)}
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------------------------
+class SharedOnClone:
+    """Base of objects put into a ModelPatcher's options (attention patches, wrappers) whose state must stay one
+    object across ``ModelPatcher.clone()``.
+
+    0.3.64 deep-copies ``model_options`` on clone (a copied patch would record into a copy nobody reads); from 0.14
+    on only the dicts and lists are copied, which keeps the same object anyway. ``__deepcopy__`` returns ``self``
+    on both.
+    """
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def host_optimized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                             attn_precision: Any, transformer_options: dict) -> torch.Tensor:
+    """The host's ``optimized_attention`` with the block's ``transformer_options``.
+
+    Both hosts accept the keyword (an ``optimized_attention_override`` in it applies from 0.3.64 on); 0.33's newer
+    kernels read it, so a replace patch must pass it on.
+    """
+    import comfy.ldm.modules.attention as host_attention
+
+    return host_attention.optimized_attention(q, k, v, heads, attn_precision=attn_precision,
+                                              transformer_options=transformer_options)
+
+
 def is_dynamic_patcher(patcher: Any) -> bool:
     """True for ``ModelPatcherDynamic`` (dynamic VRAM): the weights the layers compute with are cast per call from a
     cached copy (``comfy/ops.py``, ``_v_weight``), not read from the module parameters.

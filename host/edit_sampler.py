@@ -19,12 +19,13 @@ import comfy.sample
 import comfy.samplers
 
 from ..core.schedule import DDIMSchedule
+from .compat import SharedOnClone
 from .text_condition import unpack
 
 WRAPPER_KEY = "nulltext_p2p_null_embeddings"
 
 
-class NullEmbeddingWrapper:
+class NullEmbeddingWrapper(SharedOnClone):
     """APPLY_MODEL wrapper: unconditional rows get ``embeddings[step]``.
 
     With ``pooled_dim`` > 0 (SDXL) each embedding is packed (``host.text_condition``): its token rows replace the
@@ -37,9 +38,6 @@ class NullEmbeddingWrapper:
         self.schedule = schedule
         self.pooled_dim = pooled_dim
         self._device_cache: dict = {}
-
-    def __deepcopy__(self, memo):
-        return self
 
     def _embedding(self, step: int, device, dtype) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         key = (step, str(device), dtype)

@@ -157,7 +157,7 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
             x[0:1] += offsets[step].to(x.device, x.dtype) / math.sqrt(alphas[step + 1])  # DDPM -> sigma scaling
         blend = None
         if edit is not None and edit.blend_active(step):
-            maps = patch.mean_maps()
+            maps = patch.store.mean_maps()
             if maps is not None:
                 blend = edit.blend_mask(maps.unsqueeze(1).to(x.device), (x.shape[-2], x.shape[-1]))
         # user mask (from step 0) combined with the blend mask (from the blend start): core.masks
@@ -178,7 +178,7 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
     check_finite(out, node, "model", "sampling returned NaN or infinite values (the images would be black)", MODEL_FIX)
     prompts = [control.source, *control.targets] if control is not None else []
     edit_mask = None if applied[0] is None else applied[0].detach().to("cpu", torch.float32)
-    return out, EditResult(cross_maps=patch.mean_maps(), map_hw=patch.map_hw,
+    return out, EditResult(cross_maps=patch.store.mean_maps(), map_hw=patch.store.map_hw,
                            latent_hw=(int(x_T.shape[-2]), int(x_T.shape[-1])), prompts=prompts, edit_mask=edit_mask)
 
 

@@ -3,9 +3,9 @@ nodes are named and found in the frontend."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from comfy_api.latest import io
+
+from ..host.compat import schema_has_search_aliases
 
 Inversion = io.Custom("NTP_INVERSION")
 NullEmbeddings = io.Custom("NTP_NULL_EMBEDDINGS")
@@ -33,7 +33,7 @@ def display_name(name: str) -> str:
 
 def search_aliases(*words: str) -> dict:
     """``{"search_aliases": [...]}`` (the pack's words and ``words``) for ``io.Schema(**...)`` where the host's
-    schema has search aliases (ComfyUI 0.33+, indexed by frontend 1.49+); ``{}`` on older hosts."""
-    if "search_aliases" not in {f.name for f in dataclasses.fields(io.Schema)}:
+    schema has search aliases (``compat.schema_has_search_aliases``); ``{}`` on older hosts."""
+    if not schema_has_search_aliases(io.Schema):
         return {}
     return {"search_aliases": [*PACK_ALIASES, *words]}

@@ -145,7 +145,7 @@ def test_attention_patch_records_the_edited_maps(tiny_model):
     before = attention_probs(q[2:], k[2:], heads)  # [2 prompts, heads, Q, 77]
     after = edit.edit_cross(before, 0)
     torch.testing.assert_close(out[2:], apply_probs(after, v[2:], heads), rtol=0, atol=1e-6)
-    maps = patch.mean_maps()
+    maps = patch.store.mean_maps()
     assert maps.shape == (2, h, w, 77)
     torch.testing.assert_close(maps, after.mean(1).reshape(2, h, w, 77), rtol=0, atol=1e-7)
     cat_s, cat_t = control.source.find("cat"), control.targets[0].find("cat")
