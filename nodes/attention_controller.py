@@ -9,13 +9,12 @@ import torch
 
 from comfy_api.latest import io
 
-from ..core.attention_edit import build_attention_edit
 from ..core.prompt_tokens import PromptError
 from ..core.values import AttentionControl
 from ..host.errors import NodeInputError
 from ..host.tokens import prompt_tokens
 from . import types
-from .common import cond_fingerprint
+from .common import build_edit, cond_fingerprint
 from .word_syntax import parse_word_list, parse_word_values, parse_word_windows
 
 NODE = types.display_name("Attention Controller")
@@ -103,14 +102,6 @@ def build_control(clip, source_prompt: str, target_prompts: str, mode: str, cros
     control.source_fingerprint = cond_fingerprint(source_cond[0][0])
     control.target_fingerprint = cond_fingerprint(target_cond[0][0])
     return control, source_cond, target_cond
-
-
-def build_edit(control: AttentionControl, num_steps: int):
-    return build_attention_edit(
-        control.source, control.targets, control.mode, num_steps=num_steps, cross_replace=control.cross_replace,
-        word_windows=control.word_windows or None, self_replace=control.self_replace,
-        reweight=control.reweight or None, blend_words=control.blend_words or None,
-        blend_start=control.blend_start, blend_threshold=control.blend_threshold)
 
 
 class AttentionController(io.ComfyNode):

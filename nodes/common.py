@@ -9,7 +9,8 @@ import torch
 import comfy.model_management
 import comfy.utils
 
-from ..core.values import Inversion, tensor_fingerprint
+from ..core.attention_edit import AttentionEdit, build_attention_edit
+from ..core.values import AttentionControl, Inversion, NullEmbeddings, tensor_fingerprint
 from ..host.errors import NodeInputError
 from ..host.model_fingerprint import model_fingerprint
 from ..host.text_condition import text_condition
@@ -117,3 +118,31 @@ def checked_source(model, inversion, source, node: str) -> torch.Tensor:
                  "encode the caption with this checkpoint's CLIP (CLIP Text Encode).")
     check_source_matches(emb, inversion, node)
     return emb
+
+
+def check_null_embeddings(null: NullEmbeddings, inversion: Inversion, node: str) -> None:
+    """The null embeddings must be finite and made for ``inversion`` (Null-Text Optimize or Fast Inversion)."""
+    if not isinstance(null, NullEmbeddings):
+        raise NodeInputError(node, "null_embeddings", f"expected null embeddings, got {type(null).__name__}.",
+                             "connect the 'null_embeddings' output of Null-Text Optimize.")
+    if null.steps != inversion.steps:
+        raise NodeInputError(node, "null_embeddings", f"they have {null.steps} steps but the inversion has {inversion.steps}.",
+                             "connect the Null-Text Optimize that was fed this DDIM Invert's inversion.")
+    if null.inversion_fingerprint != inversion.fingerprint:
+        raise NodeInputError(node, "null_embeddings", "they were optimised for another inversion (another image, prompt, model or step count).",
+                             "connect the Null-Text Optimize that was fed this DDIM Invert's inversion.")
+    check_finite(null.embeddings, node, "null_embeddings", "they hold NaN or infinite values",
+                 "optimise them again (Null-Text Optimize refuses a NaN loss) or load a saved inversion that is not damaged.")
+    if null.latent_offsets is not None:
+        check_finite(null.latent_offsets, node, "null_embeddings", "their Direct Inversion offsets hold NaN or infinite "
+                     "values", "run Fast Inversion again from a finite inversion.")
+
+
+def build_edit(control: AttentionControl, num_steps: int) -> AttentionEdit:
+    """The Attention Controller's settings as an edit for ``num_steps`` sampling steps (``PromptError`` when they do
+    not fit the prompts)."""
+    return build_attention_edit(
+        control.source, control.targets, control.mode, num_steps=num_steps, cross_replace=control.cross_replace,
+        word_windows=control.word_windows or None, self_replace=control.self_replace,
+        reweight=control.reweight or None, blend_words=control.blend_words or None,
+        blend_start=control.blend_start, blend_threshold=control.blend_threshold)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -13,6 +14,7 @@ import comfy.patcher_extension
 import latent_preview
 from comfy_api.latest import io
 
+from ..core.attention_edit import AttentionEdit
 from ..core.masks import COMBINE_MODES, LATENT_SCALE, MaskError, blend_rows, combine_masks, prepare_user_mask, to_image_mask
 from ..core.prompt_tokens import PromptError
 from ..core.values import AttentionControl, EditResult, Inversion, NullEmbeddings
@@ -24,27 +26,10 @@ from ..host.text_condition import pack, pooled_dim, to_conditioning, unpack
 from ..host.unet import load_model
 from ..host.unet_layers import attention_layers, blend_downsample
 from . import types
-from .attention_controller import build_edit
-from .common import MODEL_FIX, check_finite, check_guidance, checked_source, cond_fingerprint
+from .common import (MODEL_FIX, build_edit, check_finite, check_guidance, check_null_embeddings, checked_source,
+                     cond_fingerprint)
 
 NODE = types.display_name("Edited Sample")
-
-
-def check_null_embeddings(null: NullEmbeddings, inversion: Inversion, node: str) -> None:
-    if not isinstance(null, NullEmbeddings):
-        raise NodeInputError(node, "null_embeddings", f"expected null embeddings, got {type(null).__name__}.",
-                             "connect the 'null_embeddings' output of Null-Text Optimize.")
-    if null.steps != inversion.steps:
-        raise NodeInputError(node, "null_embeddings", f"they have {null.steps} steps but the inversion has {inversion.steps}.",
-                             "connect the Null-Text Optimize that was fed this DDIM Invert's inversion.")
-    if null.inversion_fingerprint != inversion.fingerprint:
-        raise NodeInputError(node, "null_embeddings", "they were optimised for another inversion (another image, prompt, model or step count).",
-                             "connect the Null-Text Optimize that was fed this DDIM Invert's inversion.")
-    check_finite(null.embeddings, node, "null_embeddings", "they hold NaN or infinite values",
-                 "optimise them again (Null-Text Optimize refuses a NaN loss) or load a saved inversion that is not damaged.")
-    if null.latent_offsets is not None:
-        check_finite(null.latent_offsets, node, "null_embeddings", "their Direct Inversion offsets hold NaN or infinite "
-                     "values", "run Fast Inversion again from a finite inversion.")
 
 
 def user_mask(mask, mask_combine: str, n_edits: int, latent_hw: tuple[int, int], node: str = NODE) -> Optional[torch.Tensor]:
@@ -84,14 +69,72 @@ def output_mask(result: EditResult, n_edits: int) -> torch.Tensor:
     return to_image_mask(m.detach().to("cpu", torch.float32))
 
 
-def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, control: Optional[AttentionControl],
-             guidance: float, node: str = NODE, preview: bool = True, mask: Optional[torch.Tensor] = None,
-             mask_combine: str = "intersection") -> tuple[torch.Tensor, EditResult]:
-    """Returns the model-space latent batch [reconstruction, edit 1, ...] and attention statistics (with the edit
-    mask applied at the last step, ``EditResult.edit_mask``).
+# ----------------------------------------------------------------------------------------------------------------
+# Checks
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class EditInputs:
+    """Edited Sample's inputs after the checks: the prompt rows to sample and the mask to apply."""
 
-    ``mask``: an optional user MASK restricting the edit rows (``core.masks``): applied after every step from step
-    0; from the local-blend start on it is combined with the blend mask by ``mask_combine``."""
+    source: torch.Tensor  # the source embedding as ``text_condition`` gives it (packed with SDXL's pooled vector)
+    source_rows: torch.Tensor  # its token rows [1, tokens, width]
+    target: Optional[torch.Tensor]  # the target token rows [n_edits, tokens, width]; None: reconstruction only
+    target_pooled: Optional[torch.Tensor]  # SDXL: their pooled vectors [n_edits, pooled_dim]
+    pooled_dim: int  # SDXL's pooled width, 0 for SD 1.x/2.x
+    user_mask: Optional[torch.Tensor]  # [n_edits, 1, h, w] (``user_mask``) or None
+
+    @property
+    def n_prompts(self) -> int:
+        return 1 + (0 if self.target is None else self.target.shape[0])
+
+    def positive(self) -> list:
+        """The CONDITIONING of every row: [source, target 1, ...]."""
+        rows = [self.source]
+        if self.target is not None:
+            target = self.target.to(self.source_rows.device, self.source_rows.dtype)
+            rows.append(pack(target, self.target_pooled, self.pooled_dim))
+        return to_conditioning(torch.cat(rows), self.pooled_dim)
+
+
+def check_target(target, src: torch.Tensor, dim: int,
+                 node: str) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(target token rows, their pooled vectors or None) of the Attention Controller's target CONDITIONING; (None, None)
+    without one."""
+    if target is None:
+        return None, None
+    if not isinstance(target, list) or len(target) != 1:
+        raise NodeInputError(node, "target", "expected the 'target' CONDITIONING of the Attention Controller (one entry).",
+                             "connect the Attention Controller's target output.")
+    tgt = target[0][0]
+    if tgt.shape[1:] != src.shape[1:]:
+        raise NodeInputError(node, "target", f"its embedding shape {list(tgt.shape[1:])} differs from the source's {list(src.shape[1:])}.",
+                             "encode source and target with the same CLIP, each within 75 tokens.")
+    tgt_pooled = target[0][1].get("pooled_output") if isinstance(target[0][1], dict) else None
+    if dim and (tgt_pooled is None or tuple(tgt_pooled.shape) != (tgt.shape[0], dim)):
+        raise NodeInputError(node, "target", f"an SDXL model needs one pooled text vector (width {dim}) per target row.",
+                             "connect the Attention Controller's target output, made with this checkpoint's CLIP.")
+    return tgt, tgt_pooled
+
+
+def check_control(control: Optional[AttentionControl], tgt: Optional[torch.Tensor], src: torch.Tensor, node: str) -> None:
+    """The control must be the one made with this target and the inversion's source prompt."""
+    if control is None:
+        return
+    if not isinstance(control, AttentionControl):
+        raise NodeInputError(node, "control", f"expected an attention control, got {type(control).__name__}.",
+                             "connect the 'control' output of the Attention Controller.")
+    if tgt is None or control.target_fingerprint != cond_fingerprint(tgt):
+        raise NodeInputError(node, "target", "it is not the target conditioning this attention control was made for.",
+                             "connect the Attention Controller's 'target' output to 'target'.")
+    if control.source_fingerprint != cond_fingerprint(src):
+        raise NodeInputError(node, "control", "the controller's source prompt differs from the source used for inversion.",
+                             "type exactly the inversion's caption as the controller's source_prompt (or feed its 'source' output to DDIM Invert).")
+
+
+def check_edit_inputs(model, inversion: Inversion, null: NullEmbeddings, source, target,
+                      control: Optional[AttentionControl], guidance: float, node: str, mask: Optional[torch.Tensor],
+                      mask_combine: str) -> EditInputs:
+    """Every check of Edited Sample's inputs, in the order the errors are reported."""
     src_packed = checked_source(model, inversion, source, node)
     dim = pooled_dim(model)
     src = unpack(src_packed, dim)[0]  # the token rows
@@ -100,86 +143,112 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
     if not math.isclose(guidance, null.guidance, rel_tol=1e-6):
         logging.warning("[%s] guidance %.3g differs from the %.3g the null embeddings were optimised for: the "
                         "reconstruction will not match the photo.", node, guidance, null.guidance)
-    tgt = None
-    if target is not None:
-        if not isinstance(target, list) or len(target) != 1:
-            raise NodeInputError(node, "target", "expected the 'target' CONDITIONING of the Attention Controller (one entry).",
-                                 "connect the Attention Controller's target output.")
-        tgt = target[0][0]
-        if tgt.shape[1:] != src.shape[1:]:
-            raise NodeInputError(node, "target", f"its embedding shape {list(tgt.shape[1:])} differs from the source's {list(src.shape[1:])}.",
-                                 "encode source and target with the same CLIP, each within 75 tokens.")
-        tgt_pooled = target[0][1].get("pooled_output") if isinstance(target[0][1], dict) else None
-        if dim and (tgt_pooled is None or tuple(tgt_pooled.shape) != (tgt.shape[0], dim)):
-            raise NodeInputError(node, "target", f"an SDXL model needs one pooled text vector (width {dim}) per target row.",
-                                 "connect the Attention Controller's target output, made with this checkpoint's CLIP.")
-    if control is not None:
-        if not isinstance(control, AttentionControl):
-            raise NodeInputError(node, "control", f"expected an attention control, got {type(control).__name__}.",
-                                 "connect the 'control' output of the Attention Controller.")
-        if tgt is None or control.target_fingerprint != cond_fingerprint(tgt):
-            raise NodeInputError(node, "target", "it is not the target conditioning this attention control was made for.",
-                                 "connect the Attention Controller's 'target' output to 'target'.")
-        if control.source_fingerprint != cond_fingerprint(src):
-            raise NodeInputError(node, "control", "the controller's source prompt differs from the source used for inversion.",
-                                 "type exactly the inversion's caption as the controller's source_prompt (or feed its 'source' output to DDIM Invert).")
-    n_prompts = 1 + (0 if tgt is None else tgt.shape[0])
-    schedule = inversion.schedule
+    tgt, tgt_pooled = check_target(target, src, dim, node)
+    check_control(control, tgt, src, node)
     if multigpu_device_count(model):
         raise NodeInputError(node, "model", "this model spreads its sampling batch over several GPUs (MultiGPU node), "
                              "so the source and edited prompts would be split across devices.",
                              "connect the model without the MultiGPU node to Edited Sample.")
+    n_edits = 0 if tgt is None else tgt.shape[0]
     latent_hw = (int(inversion.x_T.shape[-2]), int(inversion.x_T.shape[-1]))
-    m_user = user_mask(mask, mask_combine, n_prompts - 1, latent_hw, node)
+    return EditInputs(source=src_packed, source_rows=src, target=tgt, target_pooled=tgt_pooled, pooled_dim=dim,
+                      user_mask=user_mask(mask, mask_combine, n_edits, latent_hw, node))
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# Patches, the after-step hook, sampling
+# ----------------------------------------------------------------------------------------------------------------
+def install_patches(model, inversion: Inversion, null: NullEmbeddings, control: Optional[AttentionControl],
+                    inputs: EditInputs, node: str) -> tuple[object, P2PAttentionPatch, Optional[AttentionEdit]]:
+    """(patched clone of ``model``, its attention patch, the edit or None): the model loaded and cloned, the
+    Prompt-to-Prompt attention patch and the per-step null embeddings put on the clone."""
     load_model(model)
     patcher = model.clone()
     layers = attention_layers(patcher.model.diffusion_model)
     edit = None
     if control is not None:
         try:
-            edit = build_edit(control, schedule.steps)
+            edit = build_edit(control, inversion.schedule.steps)
         except PromptError as e:
             raise NodeInputError(node, "control", str(e), "fix the Attention Controller's inputs.") from e
-    patch = P2PAttentionPatch(edit, schedule, n_prompts, layers, blend_downsample(layers))
+    patch = P2PAttentionPatch(edit, inversion.schedule, inputs.n_prompts, layers, blend_downsample(layers))
     patch.install(patcher, layers)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-                                 NullEmbeddingWrapper(null.embeddings, schedule, dim))
+                                 NullEmbeddingWrapper(null.embeddings, inversion.schedule, inputs.pooled_dim))
+    return patcher, patch, edit
 
-    offsets = null.latent_offsets
-    alphas = schedule.sampling_alphas()
-    applied: list = [None]  # the last mask applied (the MASK output)
 
-    def after_step(x: torch.Tensor, step: int) -> torch.Tensor:
-        """Direct Inversion offset on the source row, then local blend (reference order) combined with the user mask."""
-        if offsets is not None:
+class AfterStep:
+    """The sampler's hook after each DDIM step: the Direct Inversion offset on the source row, then the local blend
+    (reference order) combined with the user mask. ``applied`` is the last mask applied (the MASK output)."""
+
+    def __init__(self, edit: Optional[AttentionEdit], patch: P2PAttentionPatch, null: NullEmbeddings,
+                 inversion: Inversion, user_mask: Optional[torch.Tensor], mask_combine: str):
+        self.edit = edit
+        self.patch = patch
+        self.offsets = null.latent_offsets
+        self.alphas = inversion.schedule.sampling_alphas()
+        self.user_mask = user_mask
+        self.mask_combine = mask_combine
+        self.applied: Optional[torch.Tensor] = None
+
+    @property
+    def needed(self) -> bool:
+        """Whether any step changes the latents (otherwise the sampler runs without the hook)."""
+        return self.offsets is not None or (self.edit is not None and self.edit.has_blend) or self.user_mask is not None
+
+    def blend_mask(self, x: torch.Tensor, step: int) -> Optional[torch.Tensor]:
+        """The local-blend mask for the latent ``x`` of ``step`` (None before the blend starts or without one)."""
+        if self.edit is None or not self.edit.blend_active(step):
+            return None
+        maps = self.patch.store.mean_maps()
+        if maps is None:
+            return None
+        return self.edit.blend_mask(maps.unsqueeze(1).to(x.device), (x.shape[-2], x.shape[-1]))
+
+    def __call__(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        if self.offsets is not None:  # DDPM -> sigma scaling of the offset
             x = x.clone()
-            x[0:1] += offsets[step].to(x.device, x.dtype) / math.sqrt(alphas[step + 1])  # DDPM -> sigma scaling
-        blend = None
-        if edit is not None and edit.blend_active(step):
-            maps = patch.store.mean_maps()
-            if maps is not None:
-                blend = edit.blend_mask(maps.unsqueeze(1).to(x.device), (x.shape[-2], x.shape[-1]))
+            x[0:1] += self.offsets[step].to(x.device, x.dtype) / math.sqrt(self.alphas[step + 1])
+        blend = self.blend_mask(x, step)
         # user mask (from step 0) combined with the blend mask (from the blend start): core.masks
-        m = combine_masks(None if m_user is None else m_user.to(x.device), blend, mask_combine)
+        m = combine_masks(None if self.user_mask is None else self.user_mask.to(x.device), blend, self.mask_combine)
         if m is not None:
-            applied[0] = m
+            self.applied = m
             x = blend_rows(x, m)
         return x
 
-    needs_hook = offsets is not None or (edit is not None and edit.has_blend) or m_user is not None
-    rows = [src_packed] if tgt is None else [src_packed, pack(tgt.to(src.device, src.dtype), tgt_pooled, dim)]
-    positive = to_conditioning(torch.cat(rows), dim)
-    negative = to_conditioning(null.embeddings[0].clone(), dim)
-    x_T = inversion.x_T.repeat(n_prompts, 1, 1, 1)
+
+def sample_edit(patcher, inversion: Inversion, null: NullEmbeddings, inputs: EditInputs, guidance: float,
+                after_step: AfterStep, preview: bool) -> torch.Tensor:
+    """Every row sampled from x_T with the patched model (the hook only where it changes something)."""
+    positive = inputs.positive()
+    negative = to_conditioning(null.embeddings[0].clone(), inputs.pooled_dim)
+    x_T = inversion.x_T.repeat(inputs.n_prompts, 1, 1, 1)
+    schedule = inversion.schedule
     callback = latent_preview.prepare_callback(patcher, schedule.steps) if preview else None
-    out = sample_from_inversion(patcher, x_T, schedule, positive, negative, guidance,
-                                ddim_sampler(after_step if needs_hook else None), callback)
+    return sample_from_inversion(patcher, x_T, schedule, positive, negative, guidance,
+                                 ddim_sampler(after_step if after_step.needed else None), callback)
+
+
+def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, control: Optional[AttentionControl],
+             guidance: float, node: str = NODE, preview: bool = True, mask: Optional[torch.Tensor] = None,
+             mask_combine: str = "intersection") -> tuple[torch.Tensor, EditResult]:
+    """Returns the model-space latent batch [reconstruction, edit 1, ...] and attention statistics (with the edit
+    mask applied at the last step, ``EditResult.edit_mask``).
+
+    ``mask``: an optional user MASK restricting the edit rows (``core.masks``): applied after every step from step
+    0; from the local-blend start on it is combined with the blend mask by ``mask_combine``."""
+    inputs = check_edit_inputs(model, inversion, null, source, target, control, guidance, node, mask, mask_combine)
+    patcher, patch, edit = install_patches(model, inversion, null, control, inputs, node)
+    after_step = AfterStep(edit, patch, null, inversion, inputs.user_mask, mask_combine)
+    out = sample_edit(patcher, inversion, null, inputs, guidance, after_step, preview)
     check_finite(out, node, "model", "sampling returned NaN or infinite values (the images would be black)", MODEL_FIX)
     prompts = [control.source, *control.targets] if control is not None else []
-    edit_mask = None if applied[0] is None else applied[0].detach().to("cpu", torch.float32)
+    edit_mask = None if after_step.applied is None else after_step.applied.detach().to("cpu", torch.float32)
     return out, EditResult(cross_maps=patch.store.mean_maps(), map_hw=patch.store.map_hw,
-                           latent_hw=(int(x_T.shape[-2]), int(x_T.shape[-1])), prompts=prompts, edit_mask=edit_mask)
+                           latent_hw=(int(inversion.x_T.shape[-2]), int(inversion.x_T.shape[-1])), prompts=prompts,
+                           edit_mask=edit_mask)
 
 
 class EditedSample(io.ComfyNode):

@@ -28,8 +28,7 @@ from ..host.errors import NodeInputError
 from ..host.model_fingerprint import model_config_name, model_fingerprint
 from ..host.text_condition import pooled_dim, to_conditioning
 from . import types
-from .common import check_finite, check_inversion, interrupt_check
-from .edited_sample import check_null_embeddings
+from .common import check_finite, check_inversion, check_null_embeddings, interrupt_check
 
 SAVE_NODE = types.display_name("Save Inversion")
 LOAD_NODE = types.display_name("Load Inversion")

@@ -95,7 +95,7 @@ def edit_graph(loader: dict, source: str = "a cat sitting on a table", target: s
 
 def blend_regions(out: torch.Tensor, cross_maps: torch.Tensor, control, steps: int, hw: tuple[int, int]) -> tuple:
     """(mask fraction, max |edit - source| outside the final local-blend mask, inside it) for row 1 of ``out``."""
-    from nulltext_p2p.nodes.attention_controller import build_edit
+    from nulltext_p2p.nodes.common import build_edit
 
     mask = build_edit(control, steps).blend_mask(cross_maps.unsqueeze(1), hw)[1, 0].bool()
     outside = float((out[1] - out[0]).abs()[:, ~mask].max()) if (~mask).any() else 0.0

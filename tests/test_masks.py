@@ -167,7 +167,7 @@ def test_half_mask_keeps_the_other_half(setup):
 def test_mask_with_local_blend(setup, mode):
     """The output is user x blend (or max) of the last step, and the latent follows it: where it is 0 the edit is
     the reconstruction, bit for bit."""
-    from nulltext_p2p.nodes.attention_controller import build_edit
+    from nulltext_p2p.nodes.common import build_edit
     from nulltext_p2p.nodes.edited_sample import output_mask
 
     from helpers import control_for
