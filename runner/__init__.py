@@ -15,10 +15,11 @@ node definitions, validated with ``execution.validate_prompt`` and run with ``ex
 every option.
 
 Modules: ``convert`` (UI format -> API prompt, pure), ``overrides`` (--set/--image/--checkpoint, pure),
-``host`` (find/import/initialise the host, execute), ``remote`` (--url), ``app`` (both paths as functions),
-``batch`` (``python -m runner batch``: a workflow per photo of a folder, in-process or over several servers; its
-parts: ``captions``, ``photo_prompt``, ``staging``, ``progress``, ``summary``, ``scheduler`` for ``--url``),
-``cli`` (argument parsing). Nothing here is imported by ComfyUI when it loads the pack.
+``comfy_host`` (find/import/initialise the ComfyUI host, execute), ``remote`` (--url), ``app`` (both paths as
+functions), ``pack`` (the pack's own modules), ``batch`` (``python -m runner batch``: a workflow per photo of a
+folder, in-process or over several servers; its parts: ``captions``, ``photo_prompt``, ``staging``, ``progress``,
+``summary``, ``scheduler`` for ``--url``), ``cli`` (argument parsing). Nothing here is imported by ComfyUI when
+it loads the pack.
 """
 
 from .errors import (ConversionError, ExecutionError, HostNotFoundError, OverrideError, RunnerError, UsageError,

@@ -50,7 +50,7 @@ def check_files(image: Optional[str] = None, mask: Optional[str] = None) -> None
 
 async def prepare_in_process(comfyui: Optional[str] = None, cpu: bool = False, log=None):
     """Find, import and initialise the host; returns (host, node definitions)."""
-    from .host import HostNodeDefinitions, find_comfyui, init_nodes, setup_host
+    from .comfy_host import HostNodeDefinitions, find_comfyui, init_nodes, setup_host
 
     path = find_comfyui(comfyui)
     if log is not None:
@@ -65,10 +65,10 @@ async def run_in_process(workflow_path: str, image: Optional[str] = None, checkp
                          input_dir: Optional[str] = None, cpu: bool = False, reporter=None, verbose: bool = False,
                          log=None, on_prompt=None, executor=None, mask: Optional[str] = None):
     """Load the workflow, the host and its nodes; convert with the host's node definitions; apply the overrides;
-    validate and execute in this process. Returns a ``runner.host.RunResult`` (``.saved`` lists the files).
+    validate and execute in this process. Returns a ``runner.comfy_host.RunResult`` (``.saved`` lists the files).
     ``executor``: ``RunResult.executor`` of an earlier run, to reuse its caches (unchanged nodes are not re-run).
     ``mask``: an image file for every Load Image (as Mask) node (``--mask``)."""
-    from .host import Reporter, directories, execute_prompt, import_image, register_checkpoint
+    from .comfy_host import Reporter, directories, execute_prompt, import_image, register_checkpoint
 
     workflow = load_workflow(workflow_path)
     check_files(image, mask)
@@ -90,7 +90,7 @@ async def convert_in_process(workflow_path: str, image: Optional[str] = None, ch
                              sets: Iterable[str] = (), comfyui: Optional[str] = None, input_dir: Optional[str] = None,
                              log=None, mask: Optional[str] = None) -> dict:
     """The API prompt the run would execute (nothing runs; --image and --mask are copied into the input folder)."""
-    from .host import directories, import_image, register_checkpoint
+    from .comfy_host import directories, import_image, register_checkpoint
 
     workflow = load_workflow(workflow_path)
     check_files(image, mask)

@@ -144,7 +144,7 @@ async def batch_in_process(folder: str, workflow_path: str, captions: str, outpu
     """Run the workflow for every photo in this process, one after the other (one executor: unchanged nodes such
     as the checkpoint loader stay cached)."""
     from .app import prepare_in_process
-    from .host import directories, import_image, register_checkpoint
+    from .comfy_host import directories, import_image, register_checkpoint
 
     batch = open_batch(folder, workflow_path, captions, output_dir, sets, redo, mask)
     host, definitions = await prepare_in_process(comfyui, cpu, log)
@@ -179,7 +179,7 @@ async def _run_photo(batch: Batch, host, definitions, row: Row, ckpt_name: Optio
     """(outcome, executor) of one photo run in this process, in a fresh attempt folder that becomes the photo's
     folder; a RunnerError is the photo's error, anything else (Ctrl-C, Cancel) propagates."""
     from .app import build_prompt
-    from .host import Reporter, execute_prompt, import_image
+    from .comfy_host import Reporter, execute_prompt, import_image
 
     out = batch.out
     attempt_name, attempt = out.new_attempt(row)

@@ -157,7 +157,7 @@ def _convert(args, log) -> int:
         prompt = build_prompt(workflow, definitions, image_name, args.checkpoint, args.sets, mask_name)
     else:
         from .app import convert_in_process
-        from .host import run_sync
+        from .comfy_host import run_sync
 
         prompt = run_sync(convert_in_process(args.workflow, args.image, args.checkpoint, args.sets, args.comfyui,
                                              args.input_dir, log, mask=args.mask))
@@ -184,7 +184,7 @@ def _run(args, log) -> int:
         return 0
 
     from .app import run_in_process
-    from .host import Reporter, run_sync
+    from .comfy_host import Reporter, run_sync
 
     reporter = Reporter({}, quiet=args.quiet)
 
@@ -220,7 +220,7 @@ def _batch(args, log) -> int:
                               args.checkpoint, args.sets, redo=args.redo, mask=args.mask, timeout=args.timeout,
                               progress=progress)
     else:
-        from .host import run_sync
+        from .comfy_host import run_sync
 
         result = run_sync(batch_in_process(args.folder, args.workflow, args.captions, args.output_dir,
                                            args.checkpoint, args.sets, args.comfyui, args.input_dir, args.cpu,

@@ -2,7 +2,7 @@
 
 Pure functions, no host import: the node definitions come in as a mapping ``class_type -> node info`` in the
 format of the host's ``GET /object_info`` (built in-process from the host's own classes by
-``runner.host.HostNodeDefinitions``, or fetched from a running server in ``--url`` mode).
+``runner.comfy_host.HostNodeDefinitions``, or fetched from a running server in ``--url`` mode).
 
 What the editor does and this module repeats
     * ``widgets_values`` is a list with one value per widget, in the order of the node's inputs (required, then

@@ -3,7 +3,7 @@
 Requests, all to the URL the user gave: ``GET /object_info`` (the server's node definitions, for the conversion),
 ``POST /upload/image`` (only with ``--image`` / ``--mask``), ``POST /prompt``, then ``GET /history/<id>`` every second until
 the prompt is done, and ``GET /view`` to copy the results into ``--output-dir`` when one is given. urllib only.
-``batch --url`` (runner/batch.py) uses the same requests, plus ``POST /queue`` / ``POST /interrupt`` with its own
+``batch --url`` (runner/scheduler.py) uses the same requests, plus ``POST /queue`` / ``POST /interrupt`` with its own
 prompt id on Ctrl-C or when a server stops answering in time.
 """
 
@@ -23,7 +23,7 @@ from typing import Any, Iterable, Optional
 from .app import build_prompt, check_files, load_workflow
 from .convert import is_ui_workflow
 from .errors import ExecutionError, RunnerError, UsageError, ValidationError
-from .host import IMAGE_SUBFOLDER, format_execution_error, format_validation_error
+from .comfy_host import IMAGE_SUBFOLDER, format_execution_error, format_validation_error
 
 
 class ServerError(RunnerError):

@@ -236,7 +236,7 @@ def test_node_in_graph_previews_the_grid(host, checkpoint_dir, tiny_checkpoint_n
 
     from helpers import ServerStub, make_test_image
 
-    from nulltext_p2p.runner.host import init_nodes, setup_host
+    from nulltext_p2p.runner.comfy_host import init_nodes, setup_host
 
     asyncio.run(init_nodes(setup_host(host.path, cpu=True)))  # registers the pack imported here, no second copy
     folder_paths.set_input_directory(str(tmp_path / "input"))

@@ -118,7 +118,7 @@ def test_cli_batch_usage_errors(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def host_defs(host):
     from nulltext_p2p.runner.app import prepare_in_process
-    from nulltext_p2p.runner.host import run_sync
+    from nulltext_p2p.runner.comfy_host import run_sync
 
     return run_sync(prepare_in_process(str(host.path)))
 
@@ -244,7 +244,7 @@ def test_batch_in_process(host_defs, tiny_checkpoint_name, tmp_path, capsys):
 
 def test_batch_records_a_failing_photo_and_goes_on(host_defs, tiny_checkpoint_name, tmp_path):
     from nulltext_p2p.runner.batch import batch_in_process
-    from nulltext_p2p.runner.host import run_sync
+    from nulltext_p2p.runner.comfy_host import run_sync
 
     host, _ = host_defs
     make_photos(tmp_path / "photos")

@@ -59,7 +59,7 @@ def test_examples_exist():
 def runner_host(host):
     """(runner Host, node definitions): the host imported through the runner, every node loaded (ours too)."""
     from nulltext_p2p.runner.app import prepare_in_process
-    from nulltext_p2p.runner.host import run_sync
+    from nulltext_p2p.runner.comfy_host import run_sync
 
     return run_sync(prepare_in_process(str(host.path)))
 
@@ -157,7 +157,7 @@ def test_example_runs_headless(path, runner_host, tiny_checkpoint_name, source_p
     from PIL import Image
 
     from nulltext_p2p.runner.app import build_prompt, load_workflow, run_in_process
-    from nulltext_p2p.runner.host import Reporter, run_sync
+    from nulltext_p2p.runner.comfy_host import Reporter, run_sync
 
     host, definitions = runner_host
     sets = fast_sets(build_prompt(load_workflow(str(path)), definitions))
@@ -213,7 +213,7 @@ def test_example_runs_headless(path, runner_host, tiny_checkpoint_name, source_p
 def test_note_command_runs(name, runner_host, tiny_checkpoint_name, source_png, shared_run):
     """The Note's command (new targets with their local-blend words) runs too; the inversion comes from the cache."""
     from nulltext_p2p.runner.app import build_prompt, load_workflow, run_in_process
-    from nulltext_p2p.runner.host import Reporter, run_sync
+    from nulltext_p2p.runner.comfy_host import Reporter, run_sync
 
     host, definitions = runner_host
     path = REPO_ROOT / "example_workflows" / name

@@ -21,7 +21,7 @@ def engine(host, checkpoint_dir, tmp_path_factory):
     import nodes
     from PIL import Image
 
-    from nulltext_p2p.runner.host import init_nodes, setup_host
+    from nulltext_p2p.runner.comfy_host import init_nodes, setup_host
 
     # load core + extra nodes and register the pack already imported here (no second copy of its classes)
     asyncio.run(init_nodes(setup_host(host.path, cpu=True)))

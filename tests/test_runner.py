@@ -315,7 +315,7 @@ def fake_comfyui(root: Path) -> Path:
 
 
 def test_find_comfyui(tmp_path, monkeypatch):
-    from nulltext_p2p.runner.host import find_comfyui
+    from nulltext_p2p.runner.comfy_host import find_comfyui
 
     comfy = fake_comfyui(tmp_path / "ComfyUI")
     pack = comfy / "custom_nodes" / "nulltext-p2p"
@@ -346,7 +346,7 @@ def test_python_m_runner_from_the_pack_folder_puts_the_host_first(monkeypatch):
     """`python -m runner` from the pack root has the pack on sys.path; its nodes/ must not shadow the host's."""
     import sys
 
-    from nulltext_p2p.runner import host as host_module
+    from nulltext_p2p.runner import comfy_host as host_module
 
     monkeypatch.setattr(sys, "path", [str(REPO_ROOT), "", *sys.path])
     monkeypatch.chdir(REPO_ROOT)
@@ -360,7 +360,7 @@ def test_python_m_runner_from_the_pack_folder_puts_the_host_first(monkeypatch):
 @pytest.fixture(scope="module")
 def host_defs(host):
     from nulltext_p2p.runner.app import prepare_in_process
-    from nulltext_p2p.runner.host import run_sync
+    from nulltext_p2p.runner.comfy_host import run_sync
 
     return run_sync(prepare_in_process(str(host.path)))
 

@@ -80,7 +80,7 @@ def test_every_node_module_the_server_loads_loads(host, caplog):
     leaves the stand-in as PromptServer.instance with what the modules registered on it."""
     import server
 
-    from nulltext_p2p.runner import host as runner_host
+    from nulltext_p2p.runner import comfy_host as runner_host
 
     h = runner_host.setup_host(host.path, cpu=True)
     runner_host._NODES_READY = False  # init_nodes loads once per process: make this call load
@@ -148,7 +148,7 @@ def test_a_custom_node_that_uses_the_server_while_it_loads(host, tmp_path):
     POST /prompt."""
     import server
 
-    from nulltext_p2p.runner import host as runner_host
+    from nulltext_p2p.runner import comfy_host as runner_host
 
     h = runner_host.setup_host(host.path, cpu=True)
     runner_host.run_sync(runner_host.init_nodes(h))

@@ -245,7 +245,7 @@ def test_sdxl_graph_runs_through_the_execution_engine(host, tmp_path):
     import nodes
     from PIL import Image
 
-    from nulltext_p2p.runner.host import init_nodes, setup_host
+    from nulltext_p2p.runner.comfy_host import init_nodes, setup_host
 
     asyncio.run(init_nodes(setup_host(host.path, cpu=True)))
     folders = folder_paths.get_input_directory(), folder_paths.get_output_directory()

@@ -114,7 +114,7 @@ def engine(host, checkpoint_dir, tmp_path_factory):
     import numpy as np
     from PIL import Image
 
-    from nulltext_p2p.runner.host import init_nodes, setup_host
+    from nulltext_p2p.runner.comfy_host import init_nodes, setup_host
 
     asyncio.run(init_nodes(setup_host(host.path, cpu=True)))
     nodes.NODE_CLASS_MAPPINGS["NTPTest_ImageAttention"] = TestImageAttention

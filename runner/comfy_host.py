@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from .errors import ExecutionError, HostNotFoundError, UsageError, ValidationError
+from .pack import pack_module
 
-try:  # as a subpackage of the pack (nulltext_p2p.runner: the tests, `python -m <pack>.runner`)
-    from ..host import compat
-except ImportError:  # `python -m runner` from the pack folder, which is sys.path[0] until setup_host drops it
-    from host import compat  # type: ignore[no-redef]
+compat = pack_module("host.compat")  # at import time: setup_host drops the pack folder from sys.path
 
 PACK_ROOT = Path(os.path.abspath(__file__)).parent.parent
 PACK_NODE_ID = "NTP_DDIMInvert"  # one of this pack's nodes: present once the pack is loaded
