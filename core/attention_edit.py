@@ -30,9 +30,22 @@ __all__ = [
     "build_attention_edit",
     "check_window",
     "MODES",
+    "CROSS_REPLACE",
+    "SELF_REPLACE",
+    "BLEND_START",
+    "BLEND_THRESHOLD",
 ]
 
+#: The edit kinds (the Attention Controller's ``mode``): word swap, added or removed words.
 MODES = ("replace", "refine")
+
+# The default settings, those of the authors' null_text_w_ptp.ipynb: cross_replace_steps 0.8, self_replace_steps
+# 0.5 (the prompt-to-prompt notebook's first word-swap example uses 0.4; the paper gives 0.4..0.6), LocalBlend from
+# start_blend 0.2 at threshold 0.3. The Attention Controller's widgets and core.values.AttentionControl use them.
+CROSS_REPLACE = 0.8
+SELF_REPLACE = 0.5
+BLEND_START = 0.2
+BLEND_THRESHOLD = 0.3
 
 
 def check_window(what: str, start: float, end: float) -> tuple[float, float]:
@@ -98,7 +111,7 @@ class AttentionEdit:
     equalizer: torch.Tensor | None = None
     word_alpha: torch.Tensor | None = None
     blend_start: int = 10
-    blend_threshold: float = 0.3
+    blend_threshold: float = BLEND_THRESHOLD
 
     # ---- bookkeeping -------------------------------------------------------------------------------------
 
@@ -309,13 +322,13 @@ def build_attention_edit(
     targets: list[PromptTokens],
     mode: str,
     num_steps: int = 50,
-    cross_replace: float | tuple[float, float] = 0.8,
+    cross_replace: float | tuple[float, float] = CROSS_REPLACE,
     word_windows: dict[str, float | tuple[float, float]] | None = None,
-    self_replace: float | tuple[float, float] = 0.4,
+    self_replace: float | tuple[float, float] = SELF_REPLACE,
     reweight: list[tuple[str, float]] | None = None,
     blend_words: list[str] | None = None,
-    blend_start: float = 0.2,
-    blend_threshold: float = 0.3,
+    blend_start: float = BLEND_START,
+    blend_threshold: float = BLEND_THRESHOLD,
     *,
     fix_tail_alignment: bool = False,
 ) -> AttentionEdit:
@@ -339,8 +352,9 @@ def build_attention_edit(
         blend_threshold: local-blend threshold on the max-normalised maps.
         fix_tail_alignment: see :func:`replacement_mapper` (default False = reference behaviour).
 
-    Words are matched case-insensitively, ignoring surrounding punctuation; a reweight, window or blend
-    word that occurs in none of the prompts it is looked up in raises :class:`PromptError`.
+    The defaults are the reference's (:data:`CROSS_REPLACE`, :data:`SELF_REPLACE`, :data:`BLEND_START`,
+    :data:`BLEND_THRESHOLD`). Words are matched case-insensitively, ignoring surrounding punctuation; a reweight,
+    window or blend word that occurs in none of the prompts it is looked up in raises :class:`PromptError`.
     """
     mode = str(mode).strip().lower()
     if mode not in MODES:

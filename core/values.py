@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from .attention_edit import BLEND_START, BLEND_THRESHOLD, CROSS_REPLACE, SELF_REPLACE
 from .schedule import DDIMSchedule
 
 
@@ -106,12 +107,12 @@ class AttentionControl:
     source: "object"  # PromptTokens
     targets: list  # list[PromptTokens]
     mode: str = "replace"
-    cross_replace: float = 0.8
+    cross_replace: float = CROSS_REPLACE
     word_windows: dict = field(default_factory=dict)
-    self_replace: float = 0.5
+    self_replace: float = SELF_REPLACE
     reweight: list = field(default_factory=list)  # [(word, factor)]
     blend_words: list = field(default_factory=list)
-    blend_start: float = 0.2
-    blend_threshold: float = 0.3
+    blend_start: float = BLEND_START
+    blend_threshold: float = BLEND_THRESHOLD
     source_fingerprint: str = ""
     target_fingerprint: str = ""

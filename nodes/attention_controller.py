@@ -9,6 +9,7 @@ import torch
 
 from comfy_api.latest import io
 
+from ..core.attention_edit import BLEND_START, BLEND_THRESHOLD, CROSS_REPLACE, MODES, SELF_REPLACE
 from ..core.prompt_tokens import PromptError
 from ..core.values import AttentionControl
 from ..host.errors import NodeInputError
@@ -18,8 +19,8 @@ from .common import build_edit, cond_fingerprint
 from .word_syntax import parse_word_list, parse_word_values, parse_word_windows
 
 NODE = types.display_name("Attention Controller")
-MODES = ["replace", "refine"]
-PAPER_VALUES = {"cross_replace": 0.8, "self_replace": 0.5, "blend_threshold": 0.3, "blend_start": 0.2}
+PAPER_VALUES = {"cross_replace": CROSS_REPLACE, "self_replace": SELF_REPLACE, "blend_threshold": BLEND_THRESHOLD,
+                "blend_start": BLEND_START}
 #: The local-blend mask keeps attention above the threshold of the max-normalised map, so 1.0 would select
 #: nothing: the core accepts [0, 1) and the widget stops at this value.
 BLEND_THRESHOLD_MAX = 0.99
@@ -119,17 +120,17 @@ class AttentionController(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint (SD 1.x/2.x or SDXL; tokenises the prompts so words map to tokens)."),
                 io.String.Input("source_prompt", multiline=True, default="a cat sitting on a table", tooltip="The caption of the photo, exactly as used for DDIM Invert."),
                 io.String.Input("target_prompts", multiline=True, default="a tiger sitting on a table", tooltip="The edited caption(s), one per line; each line gives one edit in the output batch."),
-                io.Combo.Input("mode", options=MODES, default="replace", tooltip="replace: swap words (same number of words, e.g. cat -> tiger). refine: add or remove words ('a table' -> 'a wooden table')."),
-                io.Float.Input("cross_replace", default=0.8, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the steps during which edited prompts use the source's cross-attention maps (0.8 in the paper). Lower lets the edit drift further from the photo's layout; higher keeps more of it."),
-                io.Float.Input("self_replace", default=0.5, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the first steps during which edited prompts use the source's self-attention maps (0.4-0.6 in the paper). Higher keeps more structure; too high can block the edit."),
+                io.Combo.Input("mode", options=list(MODES), default="replace", tooltip="replace: swap words (same number of words, e.g. cat -> tiger). refine: add or remove words ('a table' -> 'a wooden table')."),
+                io.Float.Input("cross_replace", default=CROSS_REPLACE, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the steps during which edited prompts use the source's cross-attention maps (0.8 in the paper). Lower lets the edit drift further from the photo's layout; higher keeps more of it."),
+                io.Float.Input("self_replace", default=SELF_REPLACE, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the first steps during which edited prompts use the source's self-attention maps (0.4-0.6 in the paper). Higher keeps more structure; too high can block the edit."),
                 io.String.Input("word_windows", default="", tooltip="Optional per-word cross-replace windows, e.g. 'tiger=0.0-0.4; sofa=0.6' (a single number x means 0..x). Empty: use cross_replace for all words."),
                 io.String.Input("reweight", default="", tooltip="Optional word=factor list applied to the target prompt's attention, e.g. 'tiger=2, fluffy=0.5' (>1 strengthens, <1 weakens, negative removes)."),
                 io.String.Input("blend_words", default="", tooltip="Optional local blend words, e.g. 'cat, tiger': only the region these words attend to may change; the rest stays the reconstruction. Empty: no local blend."),
-                io.Float.Input("blend_threshold", default=0.3, min=0.0, max=BLEND_THRESHOLD_MAX, step=0.01, tooltip="Local blend mask threshold on the max-normalised attention map (0.3 in the paper). Lower grows the edited region."),
-                io.Float.Input("blend_start", default=0.2, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the steps after which local blend starts (0.2 in the paper)."),
+                io.Float.Input("blend_threshold", default=BLEND_THRESHOLD, min=0.0, max=BLEND_THRESHOLD_MAX, step=0.01, tooltip="Local blend mask threshold on the max-normalised attention map (0.3 in the paper). Lower grows the edited region."),
+                io.Float.Input("blend_start", default=BLEND_START, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the steps after which local blend starts (0.2 in the paper)."),
             ],
             outputs=[
-                io.Custom("NTP_ATTENTION_CONTROL").Output("control", display_name="control", tooltip="The Prompt-to-Prompt settings for Edited Sample."),
+                types.AttentionControl.Output("control", display_name="control", tooltip="The Prompt-to-Prompt settings for Edited Sample."),
                 io.Conditioning.Output("source", display_name="source", tooltip="The source prompt encoded with this CLIP (can feed DDIM Invert and Null-Text Optimize)."),
                 io.Conditioning.Output("target", display_name="target", tooltip="The target prompt(s) encoded, one row per line, for Edited Sample."),
             ],

@@ -72,7 +72,7 @@ class DDIMInvert(io.ComfyNode):
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps (leading spacing, offset 1). 50 reproduces the paper; Null-Text Optimize and Edited Sample use the same schedule."),
             ],
             outputs=[
-                io.Custom("NTP_INVERSION").Output("inversion", display_name="inversion", tooltip="The pivot trajectory z_0..z_T with its schedule, for Null-Text Optimize and Edited Sample."),
+                types.Inversion.Output("inversion", display_name="inversion", tooltip="The pivot trajectory z_0..z_T with its schedule, for Null-Text Optimize and Edited Sample."),
                 io.Latent.Output("noise_latent", display_name="noise_latent", tooltip="x_T in the host's sampler scaling (for a host sampler with add_noise off and the sigmas output)."),
                 io.Sigmas.Output("sigmas", display_name="sigmas", tooltip="The schedule as k-diffusion sigmas (steps + 1 values, ending at alpha-bar[0], not 0)."),
             ],

@@ -265,19 +265,19 @@ class EditedSample(io.ComfyNode):
                         "(combined with local blend); the 'applied_mask' output is the mask applied. Decode with VAE Decode.",
             inputs=[
                 io.Model.Input("model", tooltip="The same model (SD 1.x/2.x or SDXL) used for inversion (it is cloned and patched; the input stays untouched)."),
-                io.Custom("NTP_INVERSION").Input("inversion", tooltip="The 'inversion' output of DDIM Invert (x_T and the schedule)."),
-                io.Custom("NTP_NULL_EMBEDDINGS").Input("null_embeddings", tooltip="The per-step null embeddings of Null-Text Optimize for this inversion."),
+                types.Inversion.Input("inversion", tooltip="The 'inversion' output of DDIM Invert (x_T and the schedule)."),
+                types.NullEmbeddings.Input("null_embeddings", tooltip="The per-step null embeddings of Null-Text Optimize for this inversion."),
                 io.Conditioning.Input("source", tooltip="The source prompt CONDITIONING used for inversion."),
                 io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Guidance scale; use the one the null embeddings were optimised with (7.5)."),
                 io.Conditioning.Input("target", optional=True, tooltip="The Attention Controller's target CONDITIONING (one row per edit). Without it only the reconstruction is made."),
-                io.Custom("NTP_ATTENTION_CONTROL").Input("control", optional=True, tooltip="The Attention Controller's control. Without it the targets are sampled without attention control (a naive edit)."),
-                io.Mask.Input("mask", optional=True, tooltip="Optional MASK restricting the edit (paint it in Load Image's mask editor, or use any mask node): after every step, from the first, each edit row takes the reconstruction's latent where the mask is 0 (bit-identical there) and keeps the edit where it is 1; values between blend proportionally. Any size: resized to the latent by nearest-neighbour sampling, like the local-blend mask (stretched if the aspect ratio differs). One mask for every edit, or one per target prompt."),
-                io.Combo.Input("mask_combine", options=list(COMBINE_MODES), default="intersection", optional=True, tooltip="With both a mask and local-blend words: 'intersection' edits only where both allow it (mask x blend mask), 'union' where either does (max). Before the local blend starts (the controller's blend_start, 0.2 = step 10 of 50) only the mask applies. Without blend words the mask alone applies."),
+                types.AttentionControl.Input("control", optional=True, tooltip="The Attention Controller's control. Without it the targets are sampled without attention control (a naive edit)."),
+                io.Mask.Input("mask", optional=True, tooltip="Optional MASK confining the edits: where it is 0 each edit keeps the reconstruction, where it is 1 the edit. One for every edit or one per target prompt, any size (see the help page)."),
+                io.Combo.Input("mask_combine", options=list(COMBINE_MODES), default="intersection", optional=True, tooltip="With a mask and local-blend words: 'intersection' edits where both allow it, 'union' where either does. Before blend_start, or without blend words, the mask alone applies."),
             ],
             outputs=[
                 io.Latent.Output("latent", display_name="latent", tooltip="Batch [reconstruction, edit 1, edit 2, ...] for VAE Decode."),
-                io.Custom("NTP_ATTENTION_MAPS").Output("attention", display_name="attention", tooltip="Cross-attention maps of every prompt row averaged over steps, layers and heads (for Attention Maps)."),
-                io.Mask.Output("applied_mask", display_name="applied_mask", tooltip="The mask the edit was confined to, one per edit (the reconstruction row has none), at image resolution (latent x 8): the local-blend mask (united with the source's, as the reference applies it) combined with the input mask, as applied at the last step (the blend mask is recomputed every step from the attention averaged so far). All ones where nothing restricted the edit; one mask of zeros without edits. Feed it to Grow Mask, Feather Mask, inpainting or compositing, or back into 'mask'."),
+                types.AttentionMaps.Output("attention", display_name="attention", tooltip="Cross-attention maps of every prompt row averaged over steps, layers and heads (for Attention Maps)."),
+                io.Mask.Output("applied_mask", display_name="applied_mask", tooltip="The mask each edit was confined to (local blend combined with the input mask, as applied at the last step), at image size; all ones where nothing restricted the edit."),
             ],
         )
 

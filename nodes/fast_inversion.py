@@ -78,12 +78,12 @@ class FastInversion(io.ComfyNode):
                 io.Model.Input("model", tooltip="The same model (SD 1.x/2.x or SDXL) used for DDIM Invert."),
                 io.Conditioning.Input("source", tooltip="The same source prompt CONDITIONING used for DDIM Invert."),
                 io.Conditioning.Input("null", tooltip="CLIP Text Encode of \"\" (used by direct-inversion; ignored by negative-prompt)."),
-                io.Custom("NTP_INVERSION").Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),
+                types.Inversion.Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),
                 io.Combo.Input("method", options=METHODS, default="direct-inversion", tooltip="negative-prompt: fastest, slightly worse reconstruction. direct-inversion: exact reconstruction of the source row, edits as good as null-text on PIE-Bench."),
                 io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="The guidance you will edit with (7.5). Direct Inversion's offsets are computed for it."),
             ],
             outputs=[
-                io.Custom("NTP_NULL_EMBEDDINGS").Output("null_embeddings", display_name="null_embeddings", tooltip="Per-step values for Edited Sample (same type as Null-Text Optimize's)."),
+                types.NullEmbeddings.Output("null_embeddings", display_name="null_embeddings", tooltip="Per-step values for Edited Sample (same type as Null-Text Optimize's)."),
                 io.Latent.Output("reconstruction", display_name="reconstruction", tooltip="The reconstruction these values give (VAE Decode it to check)."),
             ],
         )

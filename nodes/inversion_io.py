@@ -162,8 +162,8 @@ class SaveInversion(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.Model.Input("model", tooltip="The model the inversion was made with (only a fingerprint of it is saved, to warn when the file is loaded with another model)."),
-                io.Custom("NTP_INVERSION").Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),
-                io.Custom("NTP_NULL_EMBEDDINGS").Input("null_embeddings", tooltip="The 'null_embeddings' output of Null-Text Optimize for this inversion."),
+                types.Inversion.Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),
+                types.NullEmbeddings.Input("null_embeddings", tooltip="The 'null_embeddings' output of Null-Text Optimize for this inversion."),
                 io.String.Input("filename_prefix", default="inversion", tooltip="File name (no folders): files are written as output/nulltext_p2p/<prefix>_00001.safetensors, _00002, ..."),
                 io.String.Input("source_prompt", default="", multiline=True, optional=True, tooltip="The source caption, stored in the file as a reminder (Load Inversion outputs it). Optional."),
             ],
@@ -278,8 +278,8 @@ class LoadInversion(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model you will edit with; compared with the fingerprint of the model the inversion was made with."),
             ],
             outputs=[
-                io.Custom("NTP_INVERSION").Output("inversion", display_name="inversion", tooltip="The saved inversion, identical to the one saved (for Edited Sample)."),
-                io.Custom("NTP_NULL_EMBEDDINGS").Output("null_embeddings", display_name="null_embeddings", tooltip="The saved null embeddings (for Edited Sample)."),
+                types.Inversion.Output("inversion", display_name="inversion", tooltip="The saved inversion, identical to the one saved (for Edited Sample)."),
+                types.NullEmbeddings.Output("null_embeddings", display_name="null_embeddings", tooltip="The saved null embeddings (for Edited Sample)."),
                 io.Conditioning.Output("source", display_name="source", tooltip="The source prompt embedding used for the inversion (can feed Edited Sample's 'source')."),
                 io.String.Output("source_prompt", display_name="source_prompt", tooltip="The source caption stored with the file (empty when none was given to Save Inversion); type it as the Attention Controller's source_prompt."),
             ],

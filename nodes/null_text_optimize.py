@@ -86,14 +86,14 @@ class NullTextOptimize(io.ComfyNode):
                 io.Model.Input("model", tooltip="The same model (SD 1.x/2.x or SDXL) used for DDIM Invert."),
                 io.Conditioning.Input("source", tooltip="The same source prompt CONDITIONING used for DDIM Invert."),
                 io.Conditioning.Input("null", tooltip="CLIP Text Encode of the empty prompt \"\": the starting null embedding."),
-                io.Custom("NTP_INVERSION").Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),
+                types.Inversion.Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),
                 io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale to reconstruct (and later edit) with. 7.5 in the paper; Edited Sample should use the same."),
                 io.Int.Input("inner_steps", default=10, min=0, max=100, tooltip="Adam iterations per DDIM step at most (10 in the paper). Fewer is faster and reconstructs less exactly."),
                 io.Float.Input("epsilon", default=1e-5, min=0.0, max=1.0, step=1e-6, round=1e-7, tooltip="Early stop: a step stops when its loss falls below epsilon + step x 2e-5 (1e-5 in the paper). Larger is faster."),
-                io.Boolean.Input("memory_saving", default=False, optional=True, tooltip="Recompute the UNet's transformer activations during the backward pass instead of keeping them (gradient checkpointing): far less memory for SDXL and large images, slower, the same result. Turn on when the optimisation runs out of GPU memory."),
+                io.Boolean.Input("memory_saving", default=False, optional=True, tooltip="Gradient checkpointing: far less memory, slower, the same result. Turn it on when the optimisation runs out of GPU memory (SDXL, large images)."),
             ],
             outputs=[
-                io.Custom("NTP_NULL_EMBEDDINGS").Output("null_embeddings", display_name="null_embeddings", tooltip="One optimised unconditional embedding per DDIM step, tied to this inversion."),
+                types.NullEmbeddings.Output("null_embeddings", display_name="null_embeddings", tooltip="One optimised unconditional embedding per DDIM step, tied to this inversion."),
                 io.Latent.Output("reconstruction", display_name="reconstruction", tooltip="The guided reconstruction reached with the optimised embeddings (VAE Decode it to check the inversion)."),
             ],
         )

@@ -491,7 +491,8 @@ def test_edit_cross_windows_and_several_edits_match_reference():
 
 def test_cross_alpha_defaults_match_reference():
     prompts = ["a cat sitting on a sofa", "a tiger sitting on a sofa"]
-    edit = build_attention_edit(pt(prompts[0]), [pt(prompts[1])], "replace")
+    # self-replace 0.4: the prompt-to-prompt notebook's word-swap example (the default is null_text_w_ptp's 0.5)
+    edit = build_attention_edit(pt(prompts[0]), [pt(prompts[1])], "replace", self_replace=0.4)
     ref = ref_time_words_alpha(prompts, 50, {"default_": 0.8}).reshape(51, 1, L)
     assert torch.equal(edit.cross_alpha, ref)
     # 0.8 of 51 rows: rows 0..39 edited, 40..50 not.
@@ -499,6 +500,24 @@ def test_cross_alpha_defaults_match_reference():
     assert edit.cross_active(39) and not edit.cross_active(40)
     assert edit.self_replace == (0, 20)
     assert edit.num_steps == 50 and edit.n_prompts == 2 and edit.n_edits == 1
+
+
+def test_defaults_are_the_null_text_notebooks():
+    """One definition of each default (core.attention_edit), the authors' null_text_w_ptp.ipynb settings: cross
+    replace 0.8, self replace 0.5 (steps 0..24 of 50), local blend from 0.2 (step 10) at threshold 0.3; the
+    controller's value type has the same defaults."""
+    from nulltext_p2p.core.attention_edit import BLEND_START, BLEND_THRESHOLD, CROSS_REPLACE, SELF_REPLACE
+    from nulltext_p2p.core.values import AttentionControl
+
+    assert (CROSS_REPLACE, SELF_REPLACE, BLEND_START, BLEND_THRESHOLD) == (0.8, 0.5, 0.2, 0.3)
+    edit = build_attention_edit(pt("a cat sitting on a sofa"), [pt("a tiger sitting on a sofa")], "replace",
+                                blend_words=["cat", "tiger"])
+    assert edit.self_replace == (0, 25)
+    assert edit.cross_alpha[:40].eq(1).all() and edit.cross_alpha[40:].eq(0).all()
+    assert edit.blend_start == 10 and edit.blend_threshold == 0.3
+    control = AttentionControl(source=None, targets=[])
+    assert (control.cross_replace, control.self_replace, control.blend_start, control.blend_threshold) == \
+        (0.8, 0.5, 0.2, 0.3)
 
 
 def test_reweight_per_edit_rows():

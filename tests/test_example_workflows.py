@@ -40,7 +40,9 @@ CORE_NODES = {"LoadImage", "CheckpointLoaderSimple", "CLIPTextEncode", "VAEEncod
               "PreviewImage", "ImageScale", "ImageBatch", "PrimitiveStringMultiline", "Note", "MarkdownNote",
               "LoadImageMask", "MaskToImage"}
 PACK_PREFIX = "NTP_"
-# ALGORITHM.md defaults the examples must ship with.
+# The reference's settings the examples must ship with (the authors' null_text_w_ptp.ipynb: 50 DDIM steps, guidance
+# 7.5, NullInversion.invert's 10 inner steps and early stop 1e-5; cross/self replace steps 0.8/0.5, LocalBlend from
+# 0.2 at threshold 0.3).
 DEFAULTS = {
     "NTP_DDIMInvert": {"steps": 50},
     "NTP_NullTextOptimize": {"guidance": 7.5, "inner_steps": 10, "epsilon": 1e-5},

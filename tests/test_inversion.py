@@ -62,7 +62,10 @@ def test_inversion_reconstructs_at_guidance_1_and_improves_with_steps(setup):
 
 
 def test_trajectory_matches_float64_reference(setup):
-    """Our inversion (host apply_model, fp32) against ALGORITHM.md written out here in float64 on the raw UNet."""
+    """Our inversion (host apply_model, fp32) against DDIM inversion as the reference code does it
+    (``NullInversion.ddim_loop`` with ``next_step`` of the authors' null_text_w_ptp.ipynb: the source prompt at
+    guidance 1, the noise predicted at the target timestep on the current latent) written out here in float64 on
+    the raw UNet."""
     model, clip, vae, latent, source, run_inversion = setup
     steps = 10
     inv = run_inversion(model, source, latent, steps)

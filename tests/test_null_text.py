@@ -43,7 +43,10 @@ def test_null_text_beats_plain_ddim_by_10x(optimised):
 
 
 def test_first_null_text_step_matches_float64_reference(optimised):
-    """Step 0 of ALGORITHM.md section 2 written out here in float64 on the raw UNet."""
+    """Step 0 of null-text optimisation as the reference code does it (``NullInversion.null_optimization`` of the
+    authors' null_text_w_ptp.ipynb: from the embedding of "", Adam with lr 0.01, up to 10 iterations of the MSE
+    between the guided DDIM step and the next pivot latent, early stop at 1e-5) written out here in float64 on
+    the raw UNet."""
     model, clip, source, null, inv, value, final = optimised
     unet64 = copy.deepcopy(model.model.diffusion_model).to(torch.float64)
     for p in unet64.parameters():
