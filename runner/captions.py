@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
+from .pack import pack_module
 
 COLUMNS_REQUIRED = ("file", "source", "targets")
 COLUMNS_OPTIONAL = ("blend", "reweight", "mode")
-MODES = ("replace", "refine")
 _ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -92,7 +92,16 @@ def _row(values: dict, line: int, where: str) -> Row:
         if not values.get(column):
             raise UsageError(f"{where}: the column '{column}' is empty.")
     mode = values.get("mode", "").lower()
-    if mode and mode not in MODES:
-        raise UsageError(f"{where}: mode {values['mode']!r} is not one of {', '.join(MODES)}.")
+    if mode and mode not in modes():
+        raise UsageError(f"{where}: mode {values['mode']!r} is not one of {', '.join(modes())}.")
     return Row(file=values["file"], source=values["source"], targets=split_targets(values["targets"]),
                blend=values.get("blend", ""), reweight=values.get("reweight", ""), mode=mode, line=line)
+
+
+def modes() -> tuple:
+    """The edit modes: core's (``core.attention_edit.MODES``, the Attention Controller's ``mode``).
+
+    Imported when a row has a mode, not with this module: core imports torch, which takes seconds, and the CLI
+    checks the captions file first so that a bad one fails at once (also before setup_host, as pack_module needs).
+    """
+    return pack_module("core.attention_edit").MODES
