@@ -32,6 +32,20 @@ def new_prompt_executor(execution: Any, server: Any) -> Any:
     return execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC)  # 0.3.64
 
 
+def new_node_replace_manager() -> Optional[Any]:
+    """The server's node-replacement registry (``app.node_replace_manager.NodeReplaceManager``), or None.
+
+    0.33.0 has it (``comfy_extras/nodes_replacements.py`` registers the built-in replacements through
+    ``PromptServer.instance.node_replace_manager`` while the nodes load); 0.3.64 has none. For the runner's server
+    stand-in.
+    """
+    try:
+        from app.node_replace_manager import NodeReplaceManager
+    except ImportError:  # 0.3.64
+        return None
+    return NodeReplaceManager()
+
+
 def cached_node_outputs(outputs_cache: Any, node_id: str) -> Optional[list]:
     """A node's cached outputs (one list per output) from an executor's output cache, or None.
 

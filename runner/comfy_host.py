@@ -411,12 +411,9 @@ class ServerStub:
             self.app = web.Application()
         except ImportError:  # pragma: no cover - every host needs aiohttp
             pass
-        try:  # hosts with node replacements (0.33: comfy_extras/nodes_replacements.py registers them on load)
-            from app.node_replace_manager import NodeReplaceManager
-        except ImportError:
-            NodeReplaceManager = None
-        if NodeReplaceManager is not None:
-            self.node_replace_manager = NodeReplaceManager()
+        manager = compat.new_node_replace_manager()
+        if manager is not None:
+            self.node_replace_manager = manager
 
     @property
     def loop(self):
