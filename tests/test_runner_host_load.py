@@ -3,7 +3,7 @@
 ComfyUI's main.py creates ``server.PromptServer`` (which sets ``PromptServer.instance``) before
 ``nodes.init_extra_nodes``; node modules use it while they load: ComfyUI 0.33's comfy_extras/nodes_replacements.py
 registers node replacements on ``PromptServer.instance.node_replace_manager``, custom nodes add HTTP routes and
-on_prompt handlers. The runner, which starts no server, installs its stand-in (``runner.host.ServerStub``) first.
+on_prompt handlers. The runner, which starts no server, installs its stand-in (``runner.comfy_host.ServerStub``) first.
 
 The test environments lack some optional packages the host's extras import (kornia, spandrel, torchaudio; see
 .ci/run): a module that fails for a missing package fails in a real server too and is not counted here.
