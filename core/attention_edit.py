@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as nnf
 
-from .prompt_tokens import PromptError, PromptTokens
+from .prompt_tokens import PromptError, PromptLayout, PromptTokens, segments_of
 from .seq_aligner import refinement_mapper, replacement_mapper
 
 __all__ = [
@@ -269,15 +269,50 @@ def _set_window(alpha: torch.Tensor, window: tuple[float, float], edit: int, pos
     alpha[end:, edit, cols] = 0
 
 
-def _mappers(source: PromptTokens, targets: list[PromptTokens], mode: str,
-             fix_tail_alignment: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _segment_pairs(source, target) -> list[tuple[int, PromptTokens, PromptTokens]]:
+    """``(offset, source segment, target segment)`` of two prompts laid out alike (``core.prompt_tokens``)."""
+    src, tgt = segments_of(source), segments_of(target)
+    if [(o, p.max_len) for o, p in src] != [(o, p.max_len) for o, p in tgt]:
+        raise PromptError(
+            f"the edited prompt {target.text!r} is laid out in other token segments than the source prompt (a "
+            f"75-token CLIP chunk boundary moved); keep both prompts within 75 tokens, or change words so that each "
+            f"chunk keeps its words")
+    return [(o, s, t) for (o, s), (_, t) in zip(src, tgt)]
+
+
+def _replace_mapper(source, target, max_len: int, fix_tail_alignment: bool) -> torch.Tensor:
+    """The word-swap mapper, segment by segment (identity outside the segments)."""
+    pairs = _segment_pairs(source, target)
+    if len(pairs) == 1 and pairs[0][0] == 0 and pairs[0][1].max_len == max_len:
+        return replacement_mapper(source if isinstance(source, PromptTokens) else pairs[0][1],
+                                  target if isinstance(target, PromptTokens) else pairs[0][2],
+                                  fix_tail_alignment=fix_tail_alignment)
+    mapper = torch.eye(max_len)
+    for offset, s, t in pairs:
+        n = s.max_len
+        mapper[offset:offset + n, offset:offset + n] = replacement_mapper(s, t, fix_tail_alignment=fix_tail_alignment)
+    return mapper
+
+
+def _refine_mapper(source, target, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The refinement mapper and alphas, segment by segment (identity with alpha 1 outside the segments)."""
+    pairs = _segment_pairs(source, target)
+    mapper = torch.arange(max_len, dtype=torch.int64)
+    alphas = torch.ones(max_len)
+    for offset, s, t in pairs:
+        m, a = refinement_mapper(s, t)
+        n = s.max_len
+        mapper[offset:offset + n] = torch.where(m >= 0, m + offset, m)
+        alphas[offset:offset + n] = a
+    return mapper, alphas
+
+
+def _mappers(source, targets: list, mode: str, fix_tail_alignment: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(mapper, refine alphas or None), one row per edit (see :class:`AttentionEdit`)."""
+    max_len = source.max_len
     if mode == "replace":
-        mapper = torch.stack(
-            [replacement_mapper(source, t, fix_tail_alignment=fix_tail_alignment) for t in targets]
-        )
-        return mapper, None
-    pairs = [refinement_mapper(source, t) for t in targets]
+        return torch.stack([_replace_mapper(source, t, max_len, fix_tail_alignment) for t in targets]), None
+    pairs = [_refine_mapper(source, t, max_len) for t in targets]
     return torch.stack([m for m, _ in pairs]), torch.stack([a for _, a in pairs])
 
 

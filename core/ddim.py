@@ -1,6 +1,11 @@
-"""Deterministic DDIM (eta = 0) steps in DDPM scaling, both directions, and DDIM inversion.
+"""Deterministic sampling and inversion along a schedule, and the DDIM (eta = 0) step in DDPM scaling.
 
-With ``eps = UNet(x_t, t, context)``::
+The loops here step through a schedule object: :class:`core.schedule.DDIMSchedule` (SD: the model predicts eps,
+DDIM steps) or :class:`core.flow.FlowSchedule` (flow-matching transformers: the model predicts the velocity,
+Euler steps). Both have ``steps``, ``model_level(i)`` (what the model is evaluated at for sampling step ``i``),
+``step(x, prediction, i)`` and ``inverse_step(x, prediction, i)``.
+
+The DDIM step, with ``eps = UNet(x_t, t, context)``::
 
     x0  = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
     x_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps
@@ -9,19 +14,32 @@ With ``eps = UNet(x_t, t, context)``::
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import torch
 
-from .schedule import DDIMSchedule
 
-EpsFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
-"""``eps_fn(x_t, timestep, context) -> eps``: the noise prediction in DDPM scaling."""
+class Schedule(Protocol):
+    """What the loops need of a schedule (``DDIMSchedule``, ``FlowSchedule``)."""
 
-PairEpsFn = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""``eps_pair_fn(x_t, timestep, uncond_context, cond_context) -> (eps_uncond, eps_cond)``: both predictions at the
+    @property
+    def steps(self) -> int: ...
+
+    def model_level(self, i: int) -> float: ...
+
+    def step(self, x: torch.Tensor, prediction: torch.Tensor, i: int) -> torch.Tensor: ...
+
+    def inverse_step(self, x: torch.Tensor, prediction: torch.Tensor, i: int) -> torch.Tensor: ...
+
+
+EpsFn = Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]
+"""``eps_fn(x, level, context) -> prediction``: the model's prediction at ``schedule.model_level(i)`` (DDIM: eps in
+DDPM scaling at an integer timestep; flow: the velocity at a sigma)."""
+
+PairEpsFn = Callable[[torch.Tensor, float, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``eps_pair_fn(x, level, uncond_context, cond_context) -> (pred_uncond, pred_cond)``: both predictions at the
 same latent and step from one model call (a batch of 2; on a GPU it costs little more than one of them). It must
-equal ``(eps_fn(x_t, t, uncond), eps_fn(x_t, t, cond))`` up to float rounding."""
+equal ``(eps_fn(x, level, uncond), eps_fn(x, level, cond))`` up to float rounding."""
 
 
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float) -> torch.Tensor:
@@ -31,26 +49,29 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: f
 
 
 def guided_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance: float) -> torch.Tensor:
-    """Classifier-free guidance ``eps_u + w (eps_c - eps_u)``."""
+    """Classifier-free guidance ``eps_u + w (eps_c - eps_u)`` (the same on velocities: CFG is linear)."""
     return eps_uncond + guidance * (eps_cond - eps_uncond)
 
 
 def ddim_invert(
     eps_fn: EpsFn,
-    schedule: DDIMSchedule,
+    schedule: Schedule,
     z0: torch.Tensor,
     context: torch.Tensor,
     on_step: Optional[Callable[[int], None]] = None,
 ) -> torch.Tensor:
-    """DDIM inversion with the conditional prediction only (guidance 1).
+    """Inversion with the conditional prediction only (guidance 1): each sampling step undone, last one first,
+    with the prediction at the less noisy latent and the step's own model level (the reference's DDIM inversion;
+    with a flow schedule the same rule for the Euler step).
 
     Returns the whole pivot trajectory ``[steps + 1, *z0.shape]``: z_0 (the input) ... z_T.
     """
     latents = [z0]
     x = z0
-    for j, (t, a_from, a_to) in enumerate(schedule.inversion_pairs()):
-        eps = eps_fn(x, t, context)
-        x = ddim_step(x, eps, a_from, a_to)
+    for j in range(schedule.steps):
+        i = schedule.steps - 1 - j  # the sampling step this inversion step undoes
+        eps = eps_fn(x, schedule.model_level(i), context)
+        x = schedule.inverse_step(x, eps, i)
         latents.append(x)
         if on_step is not None:
             on_step(j)
@@ -59,7 +80,7 @@ def ddim_invert(
 
 def ddim_sample(
     eps_fn: EpsFn,
-    schedule: DDIMSchedule,
+    schedule: Schedule,
     x_t: torch.Tensor,
     cond: torch.Tensor,
     null_embeddings: Optional[torch.Tensor] = None,
@@ -67,13 +88,15 @@ def ddim_sample(
     on_step: Optional[Callable[[int], None]] = None,
     eps_pair_fn: Optional[PairEpsFn] = None,
 ) -> torch.Tensor:
-    """Plain guided DDIM sampling from ``x_t`` (used by tests and benchmarks; nodes sample through the host).
+    """Plain guided sampling from ``x_t`` along ``schedule`` (used by tests and benchmarks; nodes sample through the
+    host).
 
     ``null_embeddings[i]`` is step i's unconditional context; with guidance 1 it is not evaluated. With
     ``eps_pair_fn`` the two predictions of a guided step come from one call.
     """
     x = x_t
-    for i, t in enumerate(schedule.timesteps):
+    for i in range(schedule.steps):
+        t = schedule.model_level(i)
         if guidance != 1.0:
             if null_embeddings is None:
                 raise ValueError("guidance != 1 needs null embeddings")
@@ -85,7 +108,7 @@ def ddim_sample(
             eps = guided_eps(eps_u, eps_c, guidance)
         else:
             eps = eps_fn(x, t, cond)
-        x = ddim_step(x, eps, schedule.alphas_cumprod[i], schedule.next_alpha_cumprod(i))
+        x = schedule.step(x, eps, i)
         if on_step is not None:
             on_step(i)
     return x

@@ -13,8 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .ddim import EpsFn, PairEpsFn, ddim_step, guided_eps
-from .schedule import DDIMSchedule
+from .ddim import EpsFn, PairEpsFn, Schedule, guided_eps
 
 
 def negative_prompt_embeddings(cond: torch.Tensor, steps: int) -> torch.Tensor:
@@ -24,7 +23,7 @@ def negative_prompt_embeddings(cond: torch.Tensor, steps: int) -> torch.Tensor:
 
 def direct_inversion_offsets(
     eps_fn: EpsFn,
-    schedule: DDIMSchedule,
+    schedule: Schedule,
     trajectory: torch.Tensor,
     cond: torch.Tensor,
     null: torch.Tensor,
@@ -33,7 +32,7 @@ def direct_inversion_offsets(
     eps_uncond_fn: Optional[EpsFn] = None,
     eps_pair_fn: Optional[PairEpsFn] = None,
 ) -> torch.Tensor:
-    """Per-step offsets ``z_{T-i-1} - DDIM_step(z_{T-i}, guided eps)`` ([steps, *latent shape], trajectory dtype).
+    """Per-step offsets ``z_{T-i-1} - step_i(z_{T-i}, guided prediction)`` ([steps, *latent shape], trajectory dtype).
 
     The source branch starts on the trajectory and, with the offset added after every step, stays on it. The two
     predictions of a step are independent (same latent, two contexts): with ``eps_pair_fn`` they come from one
@@ -42,14 +41,15 @@ def direct_inversion_offsets(
     eps_u_fn = eps_fn if eps_uncond_fn is None else eps_uncond_fn
     steps = schedule.steps
     offsets = []
-    for i, t in enumerate(schedule.timesteps):
+    for i in range(steps):
+        t = schedule.model_level(i)
         x = trajectory[steps - i]
         if eps_pair_fn is not None:
             eps_u, eps_c = eps_pair_fn(x, t, null, cond)
         else:
             eps_u, eps_c = eps_u_fn(x, t, null), eps_fn(x, t, cond)
         eps = guided_eps(eps_u, eps_c, guidance)
-        landed = ddim_step(x, eps, schedule.alphas_cumprod[i], schedule.next_alpha_cumprod(i))
+        landed = schedule.step(x, eps, i)
         offsets.append(trajectory[steps - 1 - i] - landed)
         if on_step is not None:
             on_step(i)

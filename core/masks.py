@@ -91,11 +91,14 @@ def combine_masks(user: Optional[torch.Tensor], blend: Optional[torch.Tensor],
 
 
 def blend_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Rows 1.. of ``x`` [n_prompts, C, H, W] become ``x[0] + mask * (x[i] - x[0])`` with ``mask`` [n_edits, 1, H, W];
-    exactly ``x[0]`` where ``mask <= 0`` and exactly ``x[i]`` where ``mask >= 1``. Row 0 is kept. Returns a new tensor."""
+    """Rows 1.. of ``x`` [n_prompts, C, H, W] (or [n_prompts, C, T, H, W]) become ``x[0] + mask * (x[i] - x[0])`` with
+    ``mask`` [n_edits, 1, H, W]; exactly ``x[0]`` where ``mask <= 0`` and exactly ``x[i]`` where ``mask >= 1``. Row 0
+    is kept. Returns a new tensor."""
     if x.shape[0] != mask.shape[0] + 1:
         raise ValueError(f"blend_rows: {x.shape[0]} latent rows need {x.shape[0] - 1} masks, got {mask.shape[0]}")
     m = mask.to(x.device, x.dtype)
+    while m.ndim < x.ndim:
+        m = m.unsqueeze(2)
     src, edits = x[:1], x[1:]
     src_b = src.expand_as(edits)
     mixed = src + m * (edits - src)

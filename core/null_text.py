@@ -3,7 +3,8 @@
 Reference semantics (``NullInversion.null_optimization`` of the authors' notebook):
 for sampling step i, start from the previous step's embedding, run a fresh Adam with
 lr = base_lr * (1 - i / 100) for up to ``inner_steps`` iterations on
-MSE(DDIM step of x_cur with guided eps, z_{T-i-1}); the update of an iteration is applied and *then* the loop
+MSE(DDIM step of x_cur with guided eps, z_{T-i-1}) (with a flow schedule: the Euler step with the guided
+velocity, the same loop); the update of an iteration is applied and *then* the loop
 stops if that iteration's loss (measured before the update) was below ``epsilon + i * 2e-5``.
 Then x_cur moves one guided DDIM step with the kept embedding.
 """
@@ -17,8 +18,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .ddim import EpsFn, ddim_step, guided_eps
-from .schedule import DDIMSchedule
+from .ddim import EpsFn, Schedule, guided_eps
 
 
 @dataclass
@@ -52,7 +52,7 @@ class NullTextResult:
 
 def optimize_null_embeddings(
     eps_fn: EpsFn,
-    schedule: DDIMSchedule,
+    schedule: Schedule,
     trajectory: torch.Tensor,
     cond: torch.Tensor,
     null_init: torch.Tensor,
@@ -77,8 +77,8 @@ def optimize_null_embeddings(
     x_cur = trajectory[-1].detach()
     kept: list[torch.Tensor] = []
     result = NullTextResult(embeddings=torch.empty(0))
-    for i, t in enumerate(schedule.timesteps):
-        a_t, a_prev = schedule.alphas_cumprod[i], schedule.next_alpha_cumprod(i)
+    for i in range(steps):
+        t = schedule.model_level(i)
         target = trajectory[steps - 1 - i].detach()
         null = null.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([null], lr=settings.lr * (1.0 - i * settings.lr_decay))
@@ -89,7 +89,7 @@ def optimize_null_embeddings(
         for j in range(settings.inner_steps):
             with torch.enable_grad():
                 eps_u = eps_u_fn(x_cur, t, null)
-                prev = ddim_step(x_cur, guided_eps(eps_u, eps_c, w), a_t, a_prev)
+                prev = schedule.step(x_cur, guided_eps(eps_u, eps_c, w), i)
                 loss = F.mse_loss(prev.float(), target.float())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -109,7 +109,7 @@ def optimize_null_embeddings(
         result.losses.append(loss_value)
         with torch.no_grad():
             eps_u = eps_u_fn(x_cur, t, null)
-            x_cur = ddim_step(x_cur, guided_eps(eps_u, eps_c, w), a_t, a_prev).detach()
+            x_cur = schedule.step(x_cur, guided_eps(eps_u, eps_c, w), i).detach()
         if not bool(torch.isfinite(x_cur).all()):
             raise NonFiniteLossError(i, steps, float("nan"))
     result.embeddings = torch.stack(kept)

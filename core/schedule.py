@@ -12,6 +12,8 @@ from typing import Sequence
 
 import torch
 
+from .ddim import ddim_step
+
 
 @dataclass(frozen=True)
 class DDIMSchedule:
@@ -62,6 +64,32 @@ class DDIMSchedule:
             i = self.steps - 1 - j  # the sampling step this inversion step undoes
             out.append((self.timesteps[i], alphas[i + 1], alphas[i]))
         return out
+
+    @property
+    def kind(self) -> str:
+        """``"ddim"``: the model predicts eps in DDPM scaling (``core.flow.FlowSchedule`` is the flow-matching one)."""
+        return "ddim"
+
+    def model_level(self, i: int) -> int:
+        """What the model is evaluated at for sampling step ``i``: its integer timestep."""
+        return self.timesteps[i]
+
+    def step(self, x: torch.Tensor, eps: torch.Tensor, i: int) -> torch.Tensor:
+        """Sampling step ``i``: deterministic DDIM from ``alphas_cumprod[i]`` to the next alpha-bar."""
+        return ddim_step(x, eps, self.alphas_cumprod[i], self.next_alpha_cumprod(i))
+
+    def inverse_step(self, x: torch.Tensor, eps: torch.Tensor, i: int) -> torch.Tensor:
+        """Undo sampling step ``i`` (DDIM inversion): from the alpha-bar step ``i`` lands on back to its start, with
+        ``eps`` evaluated at step ``i``'s timestep (the reference's ``next_step``)."""
+        return ddim_step(x, eps, self.next_alpha_cumprod(i), self.alphas_cumprod[i])
+
+    def to_sampler(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """The latent ``x`` at the start of step ``i`` (DDPM scaling) in k-diffusion scaling (the host sampler's)."""
+        return x / math.sqrt(self.sampling_alphas()[i])
+
+    def from_sampler(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Inverse of :meth:`to_sampler` (``i`` may be ``steps``: the landing point of the last step)."""
+        return x * math.sqrt(self.sampling_alphas()[i])
 
     def step_of_sigma(self, sigma: float, rel_tol: float = 1e-3) -> int | None:
         """Index of the sampling step whose starting sigma is ``sigma``; None when it is not on this schedule."""

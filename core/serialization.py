@@ -19,6 +19,11 @@ key                             shape                            dtype    what
 ``null.latent_offsets``         [steps, 1, C, H, W] (optional)   float32  Direct Inversion's per-step offsets
 ==============================  ===============================  =======  ==========================================
 
+Version 2 (written for the flow-matching families, SD3 and Qwen-Image; SD files are still written as version 1, so
+earlier versions of the pack keep reading them): metadata ``schedule_kind`` ``flow``, and in place of the three
+``schedule.*`` tensors above ``schedule.sigmas`` ([steps + 1] float64, the host's sigmas, descending to 0). Latents
+may carry a frame axis (Qwen-Image: ``[steps + 1, 1, C, 1, H, W]``).
+
 Metadata (safetensors header, string -> string):
 
 ``format`` (``nulltext_p2p.inversion``), ``format_version`` (``1``), ``writer``, ``tensors`` (JSON: key ->
@@ -40,25 +45,33 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .flow import FlowSchedule
 from .schedule import DDIMSchedule
 from .values import Inversion, NullEmbeddings
 
 FORMAT = "nulltext_p2p.inversion"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version read and written (flow schedules); DDIM files are written as version 1
+DDIM_FORMAT_VERSION = 1
 WRITER = "nulltext-p2p"
 VAE_DOWNSCALE = 8  # SD 1.x/2.x VAE: 8 pixels per latent cell
 
-# key -> (dtype, number of dimensions)
+# key -> (dtype, number of dimensions); latents and offsets have one more dimension with a frame axis
 TENSOR_SPEC: dict[str, tuple[torch.dtype, int]] = {
     "inversion.latents": (torch.float32, 5),
     "inversion.source_context": (torch.float32, 3),
-    "schedule.timesteps": (torch.int64, 1),
-    "schedule.alphas_cumprod": (torch.float64, 1),
-    "schedule.final_alpha": (torch.float64, 1),
     "null.embeddings": (torch.float32, 4),
     "null.iterations": (torch.int64, 1),
     "null.losses": (torch.float64, 1),
 }
+DDIM_SCHEDULE_SPEC: dict[str, tuple[torch.dtype, int]] = {
+    "schedule.timesteps": (torch.int64, 1),
+    "schedule.alphas_cumprod": (torch.float64, 1),
+    "schedule.final_alpha": (torch.float64, 1),
+}
+FLOW_SCHEDULE_SPEC: dict[str, tuple[torch.dtype, int]] = {
+    "schedule.sigmas": (torch.float64, 1),
+}
+FRAME_AXIS_KEYS = ("inversion.latents", "null.latent_offsets")
 # present only for Direct Inversion (per-step latent offsets added to the source row while editing)
 OPTIONAL_TENSOR_SPEC: dict[str, tuple[torch.dtype, int]] = {
     "null.latent_offsets": (torch.float32, 5),
@@ -119,19 +132,23 @@ def to_state(inversion: Inversion, null: NullEmbeddings, *, source_prompt: str =
     tensors = {
         "inversion.latents": latents,
         "inversion.source_context": inversion.source_context.detach().to("cpu", torch.float32).contiguous(),
-        "schedule.timesteps": torch.tensor([int(t) for t in sched.timesteps], dtype=torch.int64),
-        "schedule.alphas_cumprod": torch.tensor([float(a) for a in sched.alphas_cumprod], dtype=torch.float64),
-        "schedule.final_alpha": torch.tensor([float(sched.final_alpha_cumprod)], dtype=torch.float64),
         "null.embeddings": null.embeddings.detach().to("cpu", torch.float32).contiguous(),
         "null.iterations": torch.tensor([int(i) for i in null.iterations], dtype=torch.int64).reshape(-1),
         "null.losses": torch.tensor([float(v) for v in null.losses], dtype=torch.float64).reshape(-1),
     }
+    flow = isinstance(sched, FlowSchedule)
+    if flow:
+        tensors["schedule.sigmas"] = torch.tensor([float(v) for v in sched.sigmas_], dtype=torch.float64)
+    else:
+        tensors["schedule.timesteps"] = torch.tensor([int(t) for t in sched.timesteps], dtype=torch.int64)
+        tensors["schedule.alphas_cumprod"] = torch.tensor([float(a) for a in sched.alphas_cumprod], dtype=torch.float64)
+        tensors["schedule.final_alpha"] = torch.tensor([float(sched.final_alpha_cumprod)], dtype=torch.float64)
     if null.latent_offsets is not None:
         tensors["null.latent_offsets"] = null.latent_offsets.detach().to("cpu", torch.float32).contiguous()
     latent_shape = list(latents.shape[1:])
     metadata = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(FORMAT_VERSION if flow else DDIM_FORMAT_VERSION),
         "writer": WRITER,
         "tensors": json.dumps({k: {"shape": list(t.shape), "dtype": _DTYPE_NAMES[t.dtype], "sha256": tensor_sha256(t)}
                                for k, t in tensors.items()}, sort_keys=True),
@@ -149,6 +166,8 @@ def to_state(inversion: Inversion, null: NullEmbeddings, *, source_prompt: str =
         "null_method": str(null.method),
         "source_prompt": source_prompt or "",
     }
+    if flow:
+        metadata["schedule_kind"] = "flow"
     return tensors, metadata
 
 
@@ -198,7 +217,9 @@ def from_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
     manifest = _json(metadata, "tensors")
     if not isinstance(manifest, dict):
         raise _damaged("metadata 'tensors' is not a table.")
+    flow = metadata.get("schedule_kind") == "flow"
     spec = dict(TENSOR_SPEC)
+    spec.update(FLOW_SCHEDULE_SPEC if flow else DDIM_SCHEDULE_SPEC)
     spec.update({k: v for k, v in OPTIONAL_TENSOR_SPEC.items() if k in manifest})
     if set(manifest) != set(spec):
         raise _damaged(f"metadata 'tensors' lists {sorted(manifest)}, expected {sorted(spec)}.")
@@ -212,16 +233,13 @@ def from_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
         if list(t.shape) != entry.get("shape") or _DTYPE_NAMES.get(t.dtype) != entry.get("dtype"):
             raise _damaged(f"tensor '{key}' is {list(t.shape)} {t.dtype}, but the metadata says "
                            f"{entry.get('shape')} {entry.get('dtype')}.")
-        if t.dtype != dtype or t.ndim != ndim:
+        if t.dtype != dtype or (t.ndim != ndim and not (key in FRAME_AXIS_KEYS and t.ndim == ndim + 1)):
             raise _damaged(f"tensor '{key}' is {list(t.shape)} {t.dtype}; expected {ndim} dimensions of {dtype}.")
         if tensor_sha256(t) != entry.get("sha256"):
             raise _damaged(f"tensor '{key}' does not match its checksum.")
 
     latents = tensors["inversion.latents"]
     context = tensors["inversion.source_context"]
-    timesteps = tensors["schedule.timesteps"]
-    alphas = tensors["schedule.alphas_cumprod"]
-    final_alpha = tensors["schedule.final_alpha"]
     emb = tensors["null.embeddings"]
     iterations = tensors["null.iterations"]
     losses = tensors["null.losses"]
@@ -238,10 +256,18 @@ def from_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
         problems.append(f"latent shape {list(latents.shape[1:])} but metadata 'latent_shape' {latent_shape}")
     if latents.shape[1] != 1:
         problems.append(f"a trajectory batch of {latents.shape[1]} (expected 1)")
-    if timesteps.shape[0] != steps or alphas.shape[0] != steps:
-        problems.append(f"{timesteps.shape[0]} timesteps / {alphas.shape[0]} alpha-bars for {steps} steps")
-    if final_alpha.shape[0] != 1:
-        problems.append("'schedule.final_alpha' is not one value")
+    if flow:
+        sigmas = tensors["schedule.sigmas"]
+        if sigmas.shape[0] != steps + 1:
+            problems.append(f"{sigmas.shape[0]} sigmas for {steps} steps (expected steps + 1)")
+    else:
+        timesteps = tensors["schedule.timesteps"]
+        alphas = tensors["schedule.alphas_cumprod"]
+        final_alpha = tensors["schedule.final_alpha"]
+        if timesteps.shape[0] != steps or alphas.shape[0] != steps:
+            problems.append(f"{timesteps.shape[0]} timesteps / {alphas.shape[0]} alpha-bars for {steps} steps")
+        if final_alpha.shape[0] != 1:
+            problems.append("'schedule.final_alpha' is not one value")
     if emb.shape[0] != steps or emb.shape[1] != 1:
         problems.append(f"null embeddings {list(emb.shape)} for {steps} steps (expected [{steps}, 1, tokens, dim])")
     if context.shape[0] != 1 or emb.shape[-1] != context.shape[-1]:
@@ -254,8 +280,14 @@ def from_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
     if problems:
         raise _damaged("; ".join(problems) + ".")
 
-    schedule = DDIMSchedule(tuple(int(t) for t in timesteps.tolist()), tuple(float(a) for a in alphas.tolist()),
-                            float(final_alpha[0]))
+    if flow:
+        try:
+            schedule = FlowSchedule.from_sigmas(tensors["schedule.sigmas"])
+        except ValueError as e:
+            raise _damaged(f"'schedule.sigmas': {e}.") from None
+    else:
+        schedule = DDIMSchedule(tuple(int(t) for t in timesteps.tolist()), tuple(float(a) for a in alphas.tolist()),
+                                float(final_alpha[0]))
     inversion = Inversion(latents=latents, schedule=schedule, source_context=context,
                           model_family=metadata.get("model_family", "SD1.x"),
                           fingerprint=metadata["inversion_fingerprint"],

@@ -116,3 +116,4 @@ class AttentionControl:
     blend_threshold: float = BLEND_THRESHOLD
     source_fingerprint: str = ""
     target_fingerprint: str = ""
+    family: str = ""  # the model family whose tokenizers made the prompts ("" = SD, by earlier versions)

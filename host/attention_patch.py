@@ -144,6 +144,15 @@ class AttentionMapStore:
         self.map_sum += summed
         self.map_count += probs.shape[1]
 
+    def record_sum(self, summed: torch.Tensor, heads: int, hw: tuple[int, int]) -> None:
+        """Add maps already summed over ``heads`` heads, [n_prompts, Q, tokens] for a ``hw`` grid of queries."""
+        summed = summed.detach().to("cpu", torch.float32)
+        if self.map_sum is None or self.map_sum.shape != summed.shape:
+            self.map_sum = torch.zeros_like(summed)
+            self.map_hw = (int(hw[0]), int(hw[1]))
+        self.map_sum += summed
+        self.map_count += heads
+
     def mean_maps(self) -> Optional[torch.Tensor]:
         """Cross-attention maps averaged over recorded steps, layers and heads: [n_prompts, h, w, tokens]."""
         if self.map_sum is None or self.map_count == 0:

@@ -7,8 +7,9 @@ published pack) uses this module too.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -118,6 +119,27 @@ def multigpu_device_count(patcher: Any) -> int:
     """
     getter = getattr(patcher, "get_additional_models_with_key", None)
     return len(getter("multigpu")) if callable(getter) else 0
+
+
+@contextlib.contextmanager
+def pure_torch_rope() -> Iterator[None]:
+    """While open, models take the host's pure-torch code paths that autograd can differentiate.
+
+    0.33 computes rotary embeddings with ``comfy_kitchen`` kernels that have no backward (Qwen-Image: "no autograd
+    formula was registered" for ``apply_rope1``) unless ``comfy.model_management.in_training`` is set, the flag the
+    host's own training node sets. 0.3.64 has no such flag and differentiates its rotary embeddings as they are.
+    """
+    import comfy.model_management as mm
+
+    if not hasattr(mm, "in_training"):  # 0.3.64
+        yield
+        return
+    before = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = before
 
 
 class InferenceTensorsCloned(TorchFunctionMode):

@@ -76,12 +76,18 @@ def ddim_sampler(
 ) -> comfy.samplers.KSAMPLER:
     """A KSAMPLER doing DDIM (eta 0) on the given sigmas; returns the latent in DDPM scaling at the last sigma.
 
-    ``after_step(x, step)`` (Direct Inversion offsets, local blend) may change the k-diffusion latent after each step.
+    In the host's k-diffusion scaling the DDIM step is ``denoised + (sigma_next / sigma) (x - denoised)``, which is
+    also the Euler step of a flow model (``x + (sigma_next - sigma) (x - denoised) / sigma``); a flow schedule ends at
+    sigma 0, where the DDPM rescaling is the identity. ``after_step(x, step)`` (Direct Inversion offsets, local
+    blend) may change the sampler's latent after each step. ``extra_options["ntp_start"]`` (the sampler's
+    ``extra_options``), when set, is the latent sampling starts from in place of the host's noise-scaled input.
     """
 
     @torch.no_grad()
-    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, ntp_start=None):
         extra_args = {} if extra_args is None else extra_args
+        if ntp_start is not None:
+            x = ntp_start.to(x.device, x.dtype)
         s_in = x.new_ones([x.shape[0]])
         n = len(sigmas) - 1
         for i in range(n):
@@ -108,15 +114,21 @@ def sample_from_inversion(
     guidance: float,
     sampler: comfy.samplers.KSAMPLER,
     callback=None,
+    start_in_sampler: bool = False,
 ) -> torch.Tensor:
-    """Run the host sampler from the DDPM-scaled ``x_T`` ([B, C, H, W], model latent space); returns the DDPM-scaled
-    model-space latent at the schedule's final alpha-bar."""
+    """Run the host sampler from ``x_T`` ([B, C, H, W] model latent space; SD: DDPM-scaled); returns the model-space
+    latent where the schedule ends (SD: DDPM-scaled at the final alpha-bar).
+
+    SD: the host's noise scaling with zero noise hands ``x_T`` (k-diffusion scaled) to the sampler as it is. Flow
+    models (``start_in_sampler``): their noise scaling ``sigma noise + (1 - sigma) latent`` cannot give a chosen
+    latent at sigma 1, so the sampler function is told to start from ``x_T`` itself."""
     sigmas = schedule.sigmas()
-    a_T = schedule.alphas_cumprod[0]
-    x_k = x_T / math.sqrt(a_T)
+    x_k = schedule.to_sampler(x_T, 0)
     base = patcher.model
     latent_image = base.process_latent_out(x_k.to(torch.float32))
     noise = torch.zeros_like(latent_image)
+    if start_in_sampler:
+        sampler = comfy.samplers.KSAMPLER(sampler.sampler_function, extra_options={"ntp_start": x_k.to(torch.float32)})
     out = comfy.sample.sample_custom(patcher, noise, guidance, sampler, sigmas, positive, negative, latent_image,
                                      callback=callback, disable_pbar=True, seed=0)
     # sample_custom returns process_latent_out(...) of what our sampler returned

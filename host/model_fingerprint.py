@@ -39,6 +39,9 @@ def model_fingerprint(patcher) -> str:
     to_k = next((name for name, _ in unet.named_parameters() if name.endswith("attn2.to_k.weight")), None)
     if to_k is not None:
         keys.append(to_k)
+    if not keys:  # not a UNet (the transformer families): the first, middle and last weights
+        names = [name for name, _ in unet.named_parameters()]
+        keys = sorted({names[0], names[len(names) // 2], names[-1]}, key=names.index) if names else []
     h = hashlib.sha256()
     h.update(model_config_name(patcher).encode())
     for k in keys:

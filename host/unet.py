@@ -26,9 +26,9 @@ from .errors import NodeInputError
 from .text_condition import pooled_dim, unpack
 
 
-def check_model_family(patcher, node: str) -> str:
-    """Accept SD 1.x / 2.x (4-channel SD latent, eps or v prediction) and SDXL (base-style ADM: pooled text vector
-    plus size embeddings), each with the 1000-step discrete schedule. Returns "SD1.x", "SD2.x" or "SDXL"."""
+def sd_family_name(patcher) -> Optional[str]:
+    """"SD1.x", "SD2.x" or "SDXL" for an SD 1.x / 2.x model (4-channel SD latent, eps or v prediction) or an SDXL
+    base model (pooled text vector plus size embeddings), each with the 1000-step discrete schedule; None otherwise."""
     base = patcher.model
     latent_format = getattr(base, "latent_format", None)
     ms = patcher.get_model_object("model_sampling")
@@ -38,16 +38,18 @@ def check_model_family(patcher, node: str) -> str:
     ok_sampling = isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete) and getattr(ms, "num_timesteps", 0) == 1000
     ok_pred = isinstance(ms, comfy.model_sampling.EPS) and not isinstance(ms, comfy.model_sampling.CONST)
     if not (ok_latent and ok_sampling and ok_pred):
-        raise NodeInputError(
-            node, "model",
-            f"this model ({config_name}, latent format {type(latent_format).__name__}, sampling "
-            f"{type(ms).__name__}) is not a Stable Diffusion 1.x/2.x or SDXL model with a 1000-step discrete schedule.",
-            "load an SD 1.x, SD 2.x or SDXL base checkpoint with Load Checkpoint; SDXL refiner, SD3, Flux and other "
-            "families are not supported yet.",
-        )
+        return None
     if sdxl:
         return "SDXL"
     return "SD2.x" if "SD2" in config_name else "SD1.x"
+
+
+def check_model_family(patcher, node: str) -> str:
+    """The model's family name (``host.families``: SD 1.x/2.x, SDXL, SD3, Qwen-Image), or a NodeInputError saying
+    what is supported."""
+    from .families import family_of
+
+    return family_of(patcher, node).name_of(patcher)
 
 
 def load_model(patcher) -> None:
@@ -147,7 +149,7 @@ def recomputed_transformers(diffusion_model: torch.nn.Module, enabled: bool = Tr
 class HostUNet:
     """``eps(x_t, t, context)`` in DDPM scaling through the host's ``apply_model``."""
 
-    def __init__(self, patcher, sample_sigmas: Optional[torch.Tensor] = None) -> None:
+    def __init__(self, patcher, sample_sigmas: Optional[torch.Tensor] = None, pooled_width: Optional[int] = None) -> None:
         self.patcher = patcher
         self.base = patcher.model
         self.device = patcher.load_device
@@ -157,7 +159,8 @@ class HostUNet:
         self.model_options = patcher.model_options
         self.sample_sigmas = sample_sigmas
         self.calls = 0  # forward evaluations (benchmarks)
-        self.pooled_dim = pooled_dim(patcher)  # > 0: contexts are packed with a pooled row (SDXL)
+        # > 0: contexts are packed with a pooled row (SDXL; SD3 through ``pooled_width``)
+        self.pooled_dim = pooled_dim(patcher) if pooled_width is None else pooled_width
         self._adm_sizes: dict = {}  # (h, w, pooled width) -> size embeddings on the device (see adm)
 
     def adm(self, pooled: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -191,20 +194,32 @@ class HostUNet:
             opts["sample_sigmas"] = self.sample_sigmas.to(self.device)
         return opts
 
+    def _sigma_of(self, level) -> float:
+        """The k-diffusion sigma of a model level (an integer timestep here)."""
+        return float(self.sigma_table[level])
+
+    def _model_input(self, x: torch.Tensor, sigma_f: float) -> torch.Tensor:
+        """DDPM-scaled ``x`` in the host's k-diffusion scaling."""
+        return x / math.sqrt(1.0 / (1.0 + sigma_f * sigma_f))
+
+    def _y(self, pooled: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The model's ``y`` input for pooled text vectors (SDXL: the ADM vector)."""
+        return self.adm(pooled, x)
+
     def _denoise(self, x: torch.Tensor, sigma_f: float, ctx: torch.Tensor, pooled: Optional[torch.Tensor],
                  cond_or_uncond: list[int]) -> torch.Tensor:
-        """One ``apply_model`` call on the DDPM-scaled batch ``x`` (float32 on the device) -> eps (float32).
+        """One ``apply_model`` call on the batch ``x`` (float32 on the device) -> the prediction (float32):
+        ``(x_k - denoised) / sigma`` with ``x_k`` the model input (eps for SD).
 
         ``cond_or_uncond`` lists the kind of each chunk of rows (host convention: 0 conditional, 1 unconditional)."""
-        alpha = 1.0 / (1.0 + sigma_f * sigma_f)
         b = x.shape[0]
         sigma = torch.full((b,), sigma_f, device=self.device, dtype=torch.float32)
-        x_k = x / math.sqrt(alpha)
+        x_k = self._model_input(x, sigma_f)
         if ctx.shape[0] != b:
             ctx = ctx.expand(b, *ctx.shape[1:])
         c = {"c_crossattn": ctx, "transformer_options": self._transformer_options(sigma, list(cond_or_uncond))}
         if pooled is not None:
-            c["y"] = self.adm(pooled.expand(b, -1) if pooled.shape[0] != b else pooled, x)
+            c["y"] = self._y(pooled.expand(b, -1) if pooled.shape[0] != b else pooled, x)
         wrapper = self.model_options.get("model_function_wrapper")
         self.calls += 1
         if wrapper is not None:
@@ -216,7 +231,7 @@ class HostUNet:
     def eps(self, x_t: torch.Tensor, t: int, context: torch.Tensor, cond_or_uncond: int = 0) -> torch.Tensor:
         """Noise prediction for DDPM-scaled ``x_t`` at integer timestep ``t``; grad flows into ``context``."""
         ctx, pooled = unpack(context.to(self.device), self.pooled_dim)
-        return self._denoise(x_t.to(self.device, torch.float32), float(self.sigma_table[t]), ctx, pooled, [cond_or_uncond])
+        return self._denoise(x_t.to(self.device, torch.float32), self._sigma_of(t), ctx, pooled, [cond_or_uncond])
 
     def eps_pair(self, x_t: torch.Tensor, t: int, uncond: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(eps(x_t, t, uncond, 1), eps(x_t, t, cond, 0))`` from one call on a batch of 2 (``x_t`` one latent,
@@ -231,5 +246,5 @@ class HostUNet:
         ctx = torch.cat([u_ctx.to(dtype), c_ctx.to(dtype)])
         pooled = None if u_pooled is None else torch.cat([u_pooled.to(dtype), c_pooled.to(dtype)])
         x = x_t.to(self.device, torch.float32)
-        eps = self._denoise(torch.cat([x, x]), float(self.sigma_table[t]), ctx, pooled, [1, 0])
+        eps = self._denoise(torch.cat([x, x]), self._sigma_of(t), ctx, pooled, [1, 0])
         return eps[0:1], eps[1:2]

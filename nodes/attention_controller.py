@@ -13,7 +13,7 @@ from ..core.attention_edit import BLEND_START, BLEND_THRESHOLD, CROSS_REPLACE, M
 from ..core.prompt_tokens import PromptError
 from ..core.values import AttentionControl
 from ..host.errors import NodeInputError
-from ..host.tokens import prompt_tokens
+from ..host.families import SUPPORTED, family_of_clip
 from . import types
 from .common import build_edit, cond_fingerprint
 from .word_syntax import parse_word_list, parse_word_values, parse_word_windows
@@ -30,14 +30,41 @@ def encode(clip, text: str) -> list:
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
-def stack_conditioning(conds: list[list]) -> list:
-    """One CONDITIONING whose embedding holds one row per prompt (rows of the latent batch)."""
+def stack_conditioning(conds: list[list], pad: bool = False) -> list:
+    """One CONDITIONING whose embedding holds one row per prompt (rows of the latent batch). ``pad``: rows of
+    different token counts are zero-padded to the longest, with the host's ``attention_mask`` (1 = token, 0 =
+    padding) saying where each ends (Qwen-Image)."""
     embs = [c[0][0] for c in conds]
-    extra = dict(conds[0][0][1])
+    extra = {k: v for k, v in conds[0][0][1].items() if k != "attention_mask"}
     pooled = [c[0][1].get("pooled_output") for c in conds]
     if all(p is not None for p in pooled):
         extra["pooled_output"] = torch.cat(pooled)
+    if pad:
+        n = max(e.shape[1] for e in embs)
+        extra["attention_mask"] = torch.stack([(torch.arange(n) < e.shape[1]).to(torch.int64) for e in embs]).reshape(len(embs), n)
+        embs = [torch.nn.functional.pad(e, (0, 0, 0, n - e.shape[1])) for e in embs]
+    elif len({tuple(e.shape[1:]) for e in embs}) > 1:
+        raise NodeInputError(NODE, "target_prompts", "the target prompts encode to different token counts ("
+                             f"{', '.join(str(e.shape[1]) for e in embs)}).", "keep every prompt within 75 tokens.")
     return [[torch.cat(embs), extra]]
+
+
+def clip_family(clip):
+    """The model family of the CLIP's tokenizers, or the error naming what is supported."""
+    family = family_of_clip(clip)
+    if family is None:
+        raise NodeInputError(NODE, "clip", "this CLIP's text encoders are not those of a family the pack edits.",
+                             f"connect the CLIP (text encoder) of a {SUPPORTED} model.")
+    return family
+
+
+def family_prompt_tokens(family, clip, texts: list[str]) -> list:
+    """Each prompt's tokens in the family's layout; where the family pads prompts, all to the longest one."""
+    prompts = [family.prompt_tokens(clip, t) for t in texts]
+    if family.pads_prompts():
+        n = max(p.max_len for p in prompts)
+        prompts = [family.prompt_tokens(clip, t, n) for t in texts]
+    return prompts
 
 
 def build_control(clip, source_prompt: str, target_prompts: str, mode: str, cross_replace: float, self_replace: float,
@@ -54,8 +81,9 @@ def build_control(clip, source_prompt: str, target_prompts: str, mode: str, cros
         if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= top):
             raise NodeInputError(NODE, name, f"{value} is outside 0..{top:g}.",
                                  f"use a value from 0 to {top:g} (the paper uses {PAPER_VALUES[name]:g}).")
+    family = clip_family(clip)
     try:
-        source = prompt_tokens(clip, source_prompt)
+        family.prompt_tokens(clip, source_prompt)
     except PromptError as e:
         raise fail("source_prompt", e, "type the caption used for inversion as plain words.") from e
     lines = [line.strip() for line in target_prompts.splitlines() if line.strip()]
@@ -63,7 +91,7 @@ def build_control(clip, source_prompt: str, target_prompts: str, mode: str, cros
         raise NodeInputError(NODE, "target_prompts", "no target prompt was given.",
                              "type the edited caption, e.g. the source with one word changed (one edit per line).")
     try:
-        targets = [prompt_tokens(clip, line) for line in lines]
+        source, *targets = family_prompt_tokens(family, clip, [source_prompt, *lines])
     except PromptError as e:
         raise fail("target_prompts", e, "write each edited caption as plain words, one per line.") from e
     try:
@@ -80,7 +108,7 @@ def build_control(clip, source_prompt: str, target_prompts: str, mode: str, cros
         raise fail("blend_words", e, "write e.g. 'cat, tiger'.") from e
     control = AttentionControl(source=source, targets=targets, mode=mode, cross_replace=cross_replace,
                                word_windows=windows, self_replace=self_replace, reweight=weights, blend_words=blend,
-                               blend_start=blend_start, blend_threshold=blend_threshold)
+                               blend_start=blend_start, blend_threshold=blend_threshold, family=family.names[0])
     # Validate now (errors show on this node), one input at a time so the error names the input that is wrong.
     fixes = {"target_prompts": "keep the same number of words for a word swap, or choose mode 'refine' to add or "
                                "remove words.",
@@ -99,7 +127,7 @@ def build_control(clip, source_prompt: str, target_prompts: str, mode: str, cros
         except PromptError as e:
             raise fail(field, e, fixes.get(field, "check the local blend settings.")) from e
     source_cond = encode(clip, source_prompt)
-    target_cond = stack_conditioning([encode(clip, line) for line in lines])
+    target_cond = stack_conditioning([encode(clip, line) for line in lines], pad=family.pads_prompts())
     control.source_fingerprint = cond_fingerprint(source_cond[0][0])
     control.target_fingerprint = cond_fingerprint(target_cond[0][0])
     return control, source_cond, target_cond
@@ -117,7 +145,7 @@ class AttentionController(io.ComfyNode):
                         "what the changed words describe changes. Word swap (replace), added words (refine), "
                         "reweighting words and local blend.",
             inputs=[
-                io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint (SD 1.x/2.x or SDXL; tokenises the prompts so words map to tokens)."),
+                io.Clip.Input("clip", tooltip="The CLIP (text encoder) of the same model (SD 1.x/2.x, SDXL, SD3/SD3.5, Qwen-Image); it tokenises the prompts so words map to tokens."),
                 io.String.Input("source_prompt", multiline=True, default="a cat sitting on a table", tooltip="The caption of the photo, exactly as used for DDIM Invert."),
                 io.String.Input("target_prompts", multiline=True, default="a tiger sitting on a table", tooltip="The edited caption(s), one per line; each line gives one edit in the output batch."),
                 io.Combo.Input("mode", options=list(MODES), default="replace", tooltip="replace: swap words (same number of words, e.g. cat -> tiger). refine: add or remove words ('a table' -> 'a wooden table')."),

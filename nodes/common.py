@@ -13,21 +13,22 @@ from ..core.attention_edit import AttentionEdit, build_attention_edit
 from ..core.values import AttentionControl, Inversion, NullEmbeddings, tensor_fingerprint
 from ..host.errors import NodeInputError
 from ..host.model_fingerprint import model_fingerprint
-from ..host.text_condition import text_condition
-from ..host.unet import check_model_family
+from ..host.families import family_of
 
 
-def single_latent(latent: dict, node: str, input_name: str = "latent") -> torch.Tensor:
+def single_latent(latent: dict, node: str, input_name: str = "latent", channels: int = 4) -> torch.Tensor:
+    """The one latent of a LATENT with the family's ``channels`` ([1, C, h, w], or [1, C, 1, h, w] for video-VAE
+    families such as Qwen-Image)."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
-    if samples is None or samples.ndim != 4:
-        raise NodeInputError(node, input_name, "expected a LATENT of shape [batch, 4, height/8, width/8].",
+    if samples is None or samples.ndim not in (4, 5) or (samples.ndim == 5 and samples.shape[2] != 1):
+        raise NodeInputError(node, input_name, f"expected a LATENT of shape [batch, {channels}, height/8, width/8].",
                              "connect the output of VAE Encode.")
     if samples.shape[0] != 1:
         raise NodeInputError(node, input_name, f"the latent batch has {samples.shape[0]} images; one image is inverted at a time.",
                              "invert one image per DDIM Invert node (split the batch with Latent From Batch).")
-    if samples.shape[1] != 4:
-        raise NodeInputError(node, input_name, f"the latent has {samples.shape[1]} channels, SD 1.x/2.x and SDXL latents have 4.",
-                             "encode the image with the VAE of the same checkpoint.")
+    if samples.shape[1] != channels:
+        raise NodeInputError(node, input_name, f"the latent has {samples.shape[1]} channels; this model's latents have "
+                             f"{channels}.", "encode the image with the VAE of the same checkpoint.")
     check_finite(samples, node, input_name, "the latent holds NaN or infinite values, as a VAE overflowing in float16 "
                  "gives (the edit would come out black)", LATENT_FIX)
     return samples
@@ -99,6 +100,14 @@ def check_same_model(model, inversion: Inversion, node: str) -> None:
                              "connect the same Load Checkpoint output that fed DDIM Invert (or invert again with this model).")
 
 
+def check_same_family(model, family, inversion: Inversion, node: str) -> None:
+    """The inversion must be of this model's family (its schedule and latents are the family's)."""
+    if inversion.model_family not in family.names:
+        raise NodeInputError(node, "inversion", f"it was made with a {inversion.model_family} model, but this model "
+                             f"is {family.name_of(model)}.", "connect the model the inversion was made with, or invert "
+                             "the photo again with this model.")
+
+
 def check_source_matches(emb: torch.Tensor, inversion: Inversion, node: str, input_name: str = "source") -> None:
     """``emb`` as ``text_condition`` returns it (packed with the pooled vector for SDXL)."""
     if cond_fingerprint(emb) != inversion.source_fingerprint:
@@ -109,11 +118,12 @@ def check_source_matches(emb: torch.Tensor, inversion: Inversion, node: str, inp
 def checked_source(model, inversion, source, node: str) -> torch.Tensor:
     """The checks every node that continues an inversion makes (model family, inversion, same checkpoint, same
     source prompt); returns the source embedding."""
-    check_model_family(model, node)
+    family = family_of(model, node)
     check_inversion(inversion, node)
+    check_same_family(model, family, inversion, node)
     check_finite_inversion(inversion, node)
     check_same_model(model, inversion, node)
-    emb = text_condition(model, source, node, "source")
+    emb = family.text_condition(model, source, node, "source")
     check_finite(emb, node, "source", "the source prompt embedding holds NaN or infinite values",
                  "encode the caption with this checkpoint's CLIP (CLIP Text Encode).")
     check_source_matches(emb, inversion, node)

@@ -18,13 +18,12 @@ from ..core.attention_edit import AttentionEdit
 from ..core.masks import COMBINE_MODES, LATENT_SCALE, MaskError, blend_rows, combine_masks, prepare_user_mask, to_image_mask
 from ..core.prompt_tokens import PromptError
 from ..core.values import AttentionControl, EditResult, Inversion, NullEmbeddings
-from ..host.attention_patch import P2PAttentionPatch
 from ..host.compat import multigpu_device_count
 from ..host.edit_sampler import WRAPPER_KEY, NullEmbeddingWrapper, ddim_sampler, sample_from_inversion
 from ..host.errors import NodeInputError
-from ..host.text_condition import pack, pooled_dim, to_conditioning, unpack
+from ..host.families import family_of
+from ..host.text_condition import pack, to_conditioning, unpack
 from ..host.unet import load_model
-from ..host.unet_layers import attention_layers, blend_downsample
 from . import types
 from .common import (MODEL_FIX, build_edit, check_finite, check_guidance, check_null_embeddings, checked_source,
                      cond_fingerprint)
@@ -76,53 +75,83 @@ def output_mask(result: EditResult, n_edits: int) -> torch.Tensor:
 class EditInputs:
     """Edited Sample's inputs after the checks: the prompt rows to sample and the mask to apply."""
 
-    source: torch.Tensor  # the source embedding as ``text_condition`` gives it (packed with SDXL's pooled vector)
+    family: object  # the model's family (``host.families``)
+    source: torch.Tensor  # the source embedding as the family's ``text_condition`` gives it (packed with a pooled vector)
     source_rows: torch.Tensor  # its token rows [1, tokens, width]
     target: Optional[torch.Tensor]  # the target token rows [n_edits, tokens, width]; None: reconstruction only
-    target_pooled: Optional[torch.Tensor]  # SDXL: their pooled vectors [n_edits, pooled_dim]
-    pooled_dim: int  # SDXL's pooled width, 0 for SD 1.x/2.x
+    target_pooled: Optional[torch.Tensor]  # SDXL/SD3: their pooled vectors [n_edits, pooled_dim]
+    pooled_dim: int  # the pooled width (SDXL, SD3), 0 without
     user_mask: Optional[torch.Tensor]  # [n_edits, 1, h, w] (``user_mask``) or None
+    target_lengths: Optional[list[int]] = None  # real token counts of padded target rows (Qwen-Image)
 
     @property
     def n_prompts(self) -> int:
         return 1 + (0 if self.target is None else self.target.shape[0])
 
+    @property
+    def text_len(self) -> int:
+        """Text positions of every row (the longest prompt where prompts are padded)."""
+        return max(self.source_rows.shape[1], 0 if self.target is None else self.target.shape[1])
+
+    @property
+    def text_lengths(self) -> Optional[list[int]]:
+        """Each row's real token count where rows are padded (None: no padding)."""
+        if self.target is None or self.target_lengths is None:
+            return None
+        return [int(self.source_rows.shape[1]), *self.target_lengths]
+
     def positive(self) -> list:
-        """The CONDITIONING of every row: [source, target 1, ...]."""
-        rows = [self.source]
+        """The CONDITIONING of every row: [source, target 1, ...] (padded with zeros to one length where the family
+        pads prompts; their padding is masked in attention)."""
+        rows, n = [self.source_rows], self.text_len
         if self.target is not None:
-            target = self.target.to(self.source_rows.device, self.source_rows.dtype)
-            rows.append(pack(target, self.target_pooled, self.pooled_dim))
-        return to_conditioning(torch.cat(rows), self.pooled_dim)
+            rows.append(self.target.to(self.source_rows.device, self.source_rows.dtype))
+        rows = [torch.nn.functional.pad(r, (0, 0, 0, n - r.shape[1])) for r in rows]
+        tokens = torch.cat(rows)
+        pooled = None
+        if self.pooled_dim:
+            pooled = unpack(self.source, self.pooled_dim)[1]
+            if self.target_pooled is not None:
+                pooled = torch.cat([pooled, self.target_pooled.to(pooled.device, pooled.dtype)])
+        return to_conditioning(pack(tokens, pooled, self.pooled_dim), self.pooled_dim)
 
 
-def check_target(target, src: torch.Tensor, dim: int,
-                 node: str) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """(target token rows, their pooled vectors or None) of the Attention Controller's target CONDITIONING; (None, None)
-    without one."""
+def check_target(target, src: torch.Tensor, dim: int, pads: bool,
+                 node: str) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[list[int]]]:
+    """(target token rows, their pooled vectors or None, their real lengths where padded) of the Attention
+    Controller's target CONDITIONING; (None, None, None) without one."""
     if target is None:
-        return None, None
+        return None, None, None
     if not isinstance(target, list) or len(target) != 1:
         raise NodeInputError(node, "target", "expected the 'target' CONDITIONING of the Attention Controller (one entry).",
                              "connect the Attention Controller's target output.")
     tgt = target[0][0]
-    if tgt.shape[1:] != src.shape[1:]:
+    extras = target[0][1] if isinstance(target[0][1], dict) else {}
+    lengths = None
+    if pads and tgt.shape[-1] == src.shape[-1]:
+        mask = extras.get("attention_mask")
+        lengths = [int(n) for n in mask.sum(dim=-1).tolist()] if mask is not None else [int(tgt.shape[1])] * tgt.shape[0]
+    elif tgt.shape[1:] != src.shape[1:]:
         raise NodeInputError(node, "target", f"its embedding shape {list(tgt.shape[1:])} differs from the source's {list(src.shape[1:])}.",
                              "encode source and target with the same CLIP, each within 75 tokens.")
-    tgt_pooled = target[0][1].get("pooled_output") if isinstance(target[0][1], dict) else None
+    tgt_pooled = extras.get("pooled_output")
     if dim and (tgt_pooled is None or tuple(tgt_pooled.shape) != (tgt.shape[0], dim)):
-        raise NodeInputError(node, "target", f"an SDXL model needs one pooled text vector (width {dim}) per target row.",
+        raise NodeInputError(node, "target", f"this model needs one pooled text vector (width {dim}) per target row.",
                              "connect the Attention Controller's target output, made with this checkpoint's CLIP.")
-    return tgt, tgt_pooled
+    return tgt, tgt_pooled, lengths
 
 
-def check_control(control: Optional[AttentionControl], tgt: Optional[torch.Tensor], src: torch.Tensor, node: str) -> None:
-    """The control must be the one made with this target and the inversion's source prompt."""
+def check_control(control: Optional[AttentionControl], tgt: Optional[torch.Tensor], src: torch.Tensor, node: str,
+                  family=None, model=None) -> None:
+    """The control must be the one made with this target and the inversion's source prompt, for this family."""
     if control is None:
         return
     if not isinstance(control, AttentionControl):
         raise NodeInputError(node, "control", f"expected an attention control, got {type(control).__name__}.",
                              "connect the 'control' output of the Attention Controller.")
+    if family is not None and control.family and control.family not in family.names:
+        raise NodeInputError(node, "control", f"it was made with a {control.family} text encoder, but the model is "
+                             f"{family.name_of(model)}.", "connect the CLIP of this model to the Attention Controller.")
     if tgt is None or control.target_fingerprint != cond_fingerprint(tgt):
         raise NodeInputError(node, "target", "it is not the target conditioning this attention control was made for.",
                              "connect the Attention Controller's 'target' output to 'target'.")
@@ -136,58 +165,63 @@ def check_edit_inputs(model, inversion: Inversion, null: NullEmbeddings, source,
                       mask_combine: str) -> EditInputs:
     """Every check of Edited Sample's inputs, in the order the errors are reported."""
     src_packed = checked_source(model, inversion, source, node)
-    dim = pooled_dim(model)
+    family = family_of(model, node)
+    dim = family.pooled_width(model)
     src = unpack(src_packed, dim)[0]  # the token rows
     check_null_embeddings(null, inversion, node)
     check_guidance(guidance, node, "use the guidance of Null-Text Optimize (7.5).")
     if not math.isclose(guidance, null.guidance, rel_tol=1e-6):
         logging.warning("[%s] guidance %.3g differs from the %.3g the null embeddings were optimised for: the "
                         "reconstruction will not match the photo.", node, guidance, null.guidance)
-    tgt, tgt_pooled = check_target(target, src, dim, node)
-    check_control(control, tgt, src, node)
+    tgt, tgt_pooled, lengths = check_target(target, src, dim, family.pads_prompts(), node)
+    check_control(control, tgt, src, node, family, model)
     if multigpu_device_count(model):
         raise NodeInputError(node, "model", "this model spreads its sampling batch over several GPUs (MultiGPU node), "
                              "so the source and edited prompts would be split across devices.",
                              "connect the model without the MultiGPU node to Edited Sample.")
     n_edits = 0 if tgt is None else tgt.shape[0]
     latent_hw = (int(inversion.x_T.shape[-2]), int(inversion.x_T.shape[-1]))
-    return EditInputs(source=src_packed, source_rows=src, target=tgt, target_pooled=tgt_pooled, pooled_dim=dim,
-                      user_mask=user_mask(mask, mask_combine, n_edits, latent_hw, node))
+    return EditInputs(family=family, source=src_packed, source_rows=src, target=tgt, target_pooled=tgt_pooled,
+                      pooled_dim=dim, user_mask=user_mask(mask, mask_combine, n_edits, latent_hw, node),
+                      target_lengths=lengths)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Patches, the after-step hook, sampling
 # ----------------------------------------------------------------------------------------------------------------
 def install_patches(model, inversion: Inversion, null: NullEmbeddings, control: Optional[AttentionControl],
-                    inputs: EditInputs, node: str) -> tuple[object, P2PAttentionPatch, Optional[AttentionEdit]]:
-    """(patched clone of ``model``, its attention patch, the edit or None): the model loaded and cloned, the
-    Prompt-to-Prompt attention patch and the per-step null embeddings put on the clone."""
+                    inputs: EditInputs, node: str) -> tuple[object, object, Optional[AttentionEdit]]:
+    """(patched clone of ``model``, the map store of its attention patch, the edit or None): the model loaded and
+    cloned, the family's Prompt-to-Prompt attention patch and the per-step null embeddings put on the clone."""
     load_model(model)
     patcher = model.clone()
-    layers = attention_layers(patcher.model.diffusion_model)
     edit = None
     if control is not None:
         try:
             edit = build_edit(control, inversion.schedule.steps)
         except PromptError as e:
             raise NodeInputError(node, "control", str(e), "fix the Attention Controller's inputs.") from e
-    patch = P2PAttentionPatch(edit, inversion.schedule, inputs.n_prompts, layers, blend_downsample(layers))
-    patch.install(patcher, layers)
+        if edit.max_len != inputs.text_len:
+            raise NodeInputError(node, "control", f"its prompts have {edit.max_len} text positions but the "
+                                 f"conditioning has {inputs.text_len}.", "connect the CLIP that encoded the source "
+                                 "prompt to the Attention Controller.")
+    installed = inputs.family.install_edit(patcher, edit, inversion.schedule, inputs.n_prompts, inputs.text_len,
+                                           tuple(inversion.x_T.shape), inputs.text_lengths)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
                                  NullEmbeddingWrapper(null.embeddings, inversion.schedule, inputs.pooled_dim))
-    return patcher, patch, edit
+    return patcher, installed.store, edit
 
 
 class AfterStep:
     """The sampler's hook after each DDIM step: the Direct Inversion offset on the source row, then the local blend
     (reference order) combined with the user mask. ``applied`` is the last mask applied (the MASK output)."""
 
-    def __init__(self, edit: Optional[AttentionEdit], patch: P2PAttentionPatch, null: NullEmbeddings,
+    def __init__(self, edit: Optional[AttentionEdit], store, null: NullEmbeddings,
                  inversion: Inversion, user_mask: Optional[torch.Tensor], mask_combine: str):
         self.edit = edit
-        self.patch = patch
+        self.store = store
         self.offsets = null.latent_offsets
-        self.alphas = inversion.schedule.sampling_alphas()
+        self.schedule = inversion.schedule
         self.user_mask = user_mask
         self.mask_combine = mask_combine
         self.applied: Optional[torch.Tensor] = None
@@ -201,15 +235,15 @@ class AfterStep:
         """The local-blend mask for the latent ``x`` of ``step`` (None before the blend starts or without one)."""
         if self.edit is None or not self.edit.blend_active(step):
             return None
-        maps = self.patch.store.mean_maps()
+        maps = self.store.mean_maps()
         if maps is None:
             return None
         return self.edit.blend_mask(maps.unsqueeze(1).to(x.device), (x.shape[-2], x.shape[-1]))
 
     def __call__(self, x: torch.Tensor, step: int) -> torch.Tensor:
-        if self.offsets is not None:  # DDPM -> sigma scaling of the offset
+        if self.offsets is not None:  # the offset in the sampler's scaling (SD: DDPM -> sigma scaling)
             x = x.clone()
-            x[0:1] += self.offsets[step].to(x.device, x.dtype) / math.sqrt(self.alphas[step + 1])
+            x[0:1] += self.schedule.to_sampler(self.offsets[step].to(x.device, x.dtype), step + 1)
         blend = self.blend_mask(x, step)
         # user mask (from step 0) combined with the blend mask (from the blend start): core.masks
         m = combine_masks(None if self.user_mask is None else self.user_mask.to(x.device), blend, self.mask_combine)
@@ -224,11 +258,12 @@ def sample_edit(patcher, inversion: Inversion, null: NullEmbeddings, inputs: Edi
     """Every row sampled from x_T with the patched model (the hook only where it changes something)."""
     positive = inputs.positive()
     negative = to_conditioning(null.embeddings[0].clone(), inputs.pooled_dim)
-    x_T = inversion.x_T.repeat(inputs.n_prompts, 1, 1, 1)
+    x_T = inversion.x_T.repeat(inputs.n_prompts, *([1] * (inversion.x_T.ndim - 1)))
     schedule = inversion.schedule
     callback = latent_preview.prepare_callback(patcher, schedule.steps) if preview else None
     return sample_from_inversion(patcher, x_T, schedule, positive, negative, guidance,
-                                 ddim_sampler(after_step if after_step.needed else None), callback)
+                                 ddim_sampler(after_step if after_step.needed else None),
+                                 callback, start_in_sampler=inputs.family.starts_in_sampler)
 
 
 def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, control: Optional[AttentionControl],
@@ -240,13 +275,13 @@ def run_edit(model, inversion: Inversion, null: NullEmbeddings, source, target, 
     ``mask``: an optional user MASK restricting the edit rows (``core.masks``): applied after every step from step
     0; from the local-blend start on it is combined with the blend mask by ``mask_combine``."""
     inputs = check_edit_inputs(model, inversion, null, source, target, control, guidance, node, mask, mask_combine)
-    patcher, patch, edit = install_patches(model, inversion, null, control, inputs, node)
-    after_step = AfterStep(edit, patch, null, inversion, inputs.user_mask, mask_combine)
+    patcher, store, edit = install_patches(model, inversion, null, control, inputs, node)
+    after_step = AfterStep(edit, store, null, inversion, inputs.user_mask, mask_combine)
     out = sample_edit(patcher, inversion, null, inputs, guidance, after_step, preview)
     check_finite(out, node, "model", "sampling returned NaN or infinite values (the images would be black)", MODEL_FIX)
     prompts = [control.source, *control.targets] if control is not None else []
     edit_mask = None if after_step.applied is None else after_step.applied.detach().to("cpu", torch.float32)
-    return out, EditResult(cross_maps=patch.store.mean_maps(), map_hw=patch.store.map_hw,
+    return out, EditResult(cross_maps=store.mean_maps(), map_hw=store.map_hw,
                            latent_hw=(int(inversion.x_T.shape[-2]), int(inversion.x_T.shape[-1])), prompts=prompts,
                            edit_mask=edit_mask)
 

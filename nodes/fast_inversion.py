@@ -11,8 +11,8 @@ from ..core.ddim import ddim_sample
 from ..core.fast_inversion import direct_inversion_offsets, negative_prompt_embeddings
 from ..core.values import Inversion, NullEmbeddings
 from ..host.errors import NodeInputError
-from ..host.text_condition import text_condition
-from ..host.unet import HostUNet, load_model
+from ..host.families import family_of
+from ..host.unet import load_model
 from . import types
 from .common import MODEL_FIX, check_finite, check_guidance, checked_source, step_progress
 
@@ -28,12 +28,13 @@ def run_fast_inversion(model, source, null, inversion: Inversion, method: str, g
     batch-2 call (True, default: the reference's batching, faster on a GPU and on the CPU too, 0.81x on 2 CPU cores,
     ``bench/README.md``) or in two batch-1 calls (False). The offsets agree to float32 rounding either way."""
     cond = checked_source(model, inversion, source, node)
+    family = family_of(model, node)
     if method not in METHODS:
         raise NodeInputError(node, "method", f"unknown method '{method}'.", f"choose one of {', '.join(METHODS)}.")
     check_guidance(guidance, node, "use the guidance you will edit with (7.5).")
     load_model(model)
     schedule = inversion.schedule
-    unet = HostUNet(model, sample_sigmas=schedule.sigmas())
+    unet = family.unet(model, schedule)
     on_step = step_progress(schedule.steps)
     offload = comfy.model_management.intermediate_device()
     trajectory = inversion.latents.to(unet.device)
@@ -43,7 +44,7 @@ def run_fast_inversion(model, source, null, inversion: Inversion, method: str, g
             final = ddim_sample(lambda x, t, c: unet.eps(x, t, c, 0), schedule, trajectory[-1], cond, on_step=on_step)
             offsets = None
         else:
-            null_emb = text_condition(model, null, node, "null")
+            null_emb = family.text_condition(model, null, node, "null")
             embeddings = null_emb.detach().to(torch.float32).unsqueeze(0).repeat(schedule.steps, 1, 1, 1)
             offsets = direct_inversion_offsets(lambda x, t, c: unet.eps(x, t, c, 0), schedule, trajectory, cond,
                                                null_emb, guidance, on_step, eps_uncond_fn=lambda x, t, c: unet.eps(x, t, c, 1),

@@ -26,7 +26,8 @@ from ..core.serialization import FormatError, LoadedInversion
 from ..core.values import Inversion, NullEmbeddings
 from ..host.errors import NodeInputError
 from ..host.model_fingerprint import model_config_name, model_fingerprint
-from ..host.text_condition import pooled_dim, to_conditioning
+from ..host.families import family_named, family_of
+from ..host.text_condition import to_conditioning
 from . import types
 from .common import check_finite, check_inversion, check_null_embeddings, interrupt_check
 
@@ -224,6 +225,15 @@ def _model_context_dim(model):
 def compatibility_warnings(model, loaded: LoadedInversion) -> list[str]:
     """What differs between the model of the file and ``model`` (empty when they match)."""
     warnings = []
+    saved_family = loaded.inversion.model_family
+    try:
+        family = family_of(model, LOAD_NODE)
+    except NodeInputError as e:
+        family = None
+        warnings.append(f"{e.problem} Edited Sample will refuse it.")
+    if family is not None and saved_family not in family.names:
+        warnings.append(f"the file was made with a {saved_family} model but this MODEL is {family.name_of(model)}: "
+                        "Null-Text Optimize and Edited Sample will refuse it. Connect a model of the file's family.")
     saved_fp, saved_cfg = loaded.model_fingerprint, loaded.model_config
     fp, cfg = model_fingerprint(model), model_config_name(model)
     if saved_fp and saved_fp != fp:
@@ -293,7 +303,10 @@ class LoadInversion(io.ComfyNode):
         prompt = f"; source prompt: '{loaded.source_prompt}'" if loaded.source_prompt else ""
         text = [f"{inversion_file}: {inv.steps} steps, {w}x{h} px, guidance {null.guidance:g} ({null.method}){prompt}"]
         text += [f"WARNING: {m}" for m in warnings]
-        source = to_conditioning(inv.source_context.clone(), pooled_dim(model) if inv.model_family == "SDXL" else 0)
+        family = family_named(inv.model_family)
+        same = family is not None and family.accepts(model) and family.name_of(model) == inv.model_family
+        dim = family.pooled_width(model) if same else 0  # the file's context is packed where its model's was
+        source = to_conditioning(inv.source_context.clone(), dim)
         return io.NodeOutput(inv, null, source, loaded.source_prompt, ui={"text": ["\n".join(text)]})
 
     @classmethod

@@ -13,8 +13,8 @@ from comfy_api.latest import io
 from ..core.null_text import NonFiniteLossError, NullTextSettings, optimize_null_embeddings
 from ..core.values import Inversion, NullEmbeddings
 from ..host.errors import NodeInputError
-from ..host.text_condition import text_condition
-from ..host.unet import HostUNet, grad_capable_weights, load_model, recomputed_transformers
+from ..host.families import family_of
+from ..host.unet import load_model
 from . import types
 from .common import MODEL_FIX, check_finite, check_guidance, checked_source, interrupt_check
 
@@ -25,7 +25,8 @@ def run_null_text(model, source, null, inversion: Inversion, guidance: float, in
                   node: str = NODE, memory_saving: bool = False) -> tuple[NullEmbeddings, torch.Tensor]:
     """Optimise the per-step null embeddings; returns them and the reconstruction latent (model space)."""
     cond = checked_source(model, inversion, source, node)
-    null_emb = text_condition(model, null, node, "null")
+    family = family_of(model, node)
+    null_emb = family.text_condition(model, null, node, "null")
     check_finite(null_emb, node, "null", "the null embedding holds NaN or infinite values",
                  "encode the empty prompt \"\" with this checkpoint's CLIP (CLIP Text Encode).")
     check_guidance(guidance, node, "use the guidance you will edit with (7.5 in the paper).")
@@ -33,7 +34,7 @@ def run_null_text(model, source, null, inversion: Inversion, guidance: float, in
         raise NodeInputError(node, "inner_steps", f"{inner_steps} is negative.", "use 10 (the paper) or fewer for speed.")
     load_model(model)
     schedule = inversion.schedule
-    unet = HostUNet(model, sample_sigmas=schedule.sigmas())
+    unet = family.unet(model, schedule)
     settings = NullTextSettings(guidance=guidance, inner_steps=inner_steps, epsilon=epsilon)
     pbar = comfy.utils.ProgressBar(max(1, schedule.steps * max(inner_steps, 1)))
 
@@ -42,8 +43,7 @@ def run_null_text(model, source, null, inversion: Inversion, guidance: float, in
         interrupt_check()
 
     interrupt_check()
-    with grad_capable_weights(model), recomputed_transformers(model.model.diffusion_model, memory_saving), \
-            torch.inference_mode(False):
+    with family.gradients(model, memory_saving), torch.inference_mode(False):
         device = unet.device
         trajectory = inversion.latents.to(device).clone()
         try:

@@ -126,7 +126,8 @@ if HOST_PATH is not None:
 # --------------------------------------------------------------------------------------------------------------
 _HOST_NODEIDS: set[str] = set()
 _HOST_OUTCOMES: dict[str, str] = {}
-_HOST_FIXTURES = {"host", "tiny_model", "tiny_checkpoint_path", "checkpoint_dir", "tiny_checkpoint_name", "tiny_sdxl"}
+_HOST_FIXTURES = {"host", "tiny_model", "tiny_checkpoint_path", "checkpoint_dir", "tiny_checkpoint_name", "tiny_sdxl",
+                  "tiny_sd3", "tiny_qwen_image"}
 
 
 def pytest_configure(config):
@@ -236,6 +237,22 @@ def tiny_sdxl(host):
     from tiny_sdxl import build_tiny_sdxl
 
     return build_tiny_sdxl(seed=TINY_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(host):
+    """``(model_patcher, clip, vae)`` of the tiny SD3-layout model (tests/tiny_sd3.py). Shared by the session."""
+    from tiny_sd3 import build_tiny_sd3
+
+    return build_tiny_sd3(seed=TINY_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_image(host):
+    """``(model_patcher, clip, vae)`` of the tiny Qwen-Image-layout model (tests/tiny_qwen_image.py)."""
+    from tiny_qwen_image import build_tiny_qwen_image
+
+    return build_tiny_qwen_image(seed=TINY_SEED)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,87 @@
+"""Flow-matching transformers (SD3/SD3.5, Qwen-Image) through the host's ``apply_model``: the velocity, the host's
+sigmas, gradient checkpointing of the transformer blocks.
+
+The host's flow models (``model_sampling`` CONST) take ``x_sigma`` as it is and return ``denoised = x - sigma v``,
+so the velocity is ``(x - denoised) / sigma``; patches, wrappers and LoRA upstream apply as for SD.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import torch
+import torch.utils.checkpoint
+
+import comfy.model_sampling
+import comfy.samplers
+
+from ..core.flow import FlowSchedule
+from .unet import HostUNet
+
+#: The host's scheduler for the flow families' sigmas: ComfyUI's own templates sample SD3.5 and Qwen-Image with the
+#: ``euler`` sampler on these (``KSampler`` scheduler "simple").
+SCHEDULER = "simple"
+
+
+def is_flow_model(patcher) -> bool:
+    """True when the model's sampling is flow matching (CONST: ``x = (1 - sigma) x0 + sigma noise``)."""
+    return isinstance(patcher.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+
+
+def flow_schedule(patcher, steps: int) -> FlowSchedule:
+    """The sigmas the host's Euler sampler uses for ``steps`` steps (the model's own shift)."""
+    ms = patcher.get_model_object("model_sampling")
+    return FlowSchedule.from_sigmas(comfy.samplers.calculate_sigmas(ms, SCHEDULER, steps).to("cpu", torch.float64))
+
+
+class FlowUNet(HostUNet):
+    """``eps(x, sigma, context)`` = the velocity ``v`` of a flow-matching model at ``sigma`` (a float), through the
+    host's ``apply_model``; ``pooled_width`` > 0: contexts are packed with the pooled vector (SD3's ``y``)."""
+
+    def __init__(self, patcher, schedule: FlowSchedule, pooled_width: int = 0) -> None:
+        super().__init__(patcher, sample_sigmas=schedule.sigmas(), pooled_width=pooled_width)
+
+    def _sigma_of(self, level) -> float:
+        return float(level)
+
+    def _model_input(self, x: torch.Tensor, sigma_f: float) -> torch.Tensor:
+        return x
+
+    def _y(self, pooled: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return pooled.to(self.device, torch.float32)
+
+
+@contextlib.contextmanager
+def recomputed_blocks(blocks: list[torch.nn.Module]) -> Iterator[int]:
+    """Gradient checkpointing of ``blocks`` while open (the transformer blocks of a flow model; ``memory_saving``):
+    under autograd a block keeps its inputs only and is recomputed in the backward pass. Same arithmetic, the same
+    result; forwards without gradients run as usual. Restored on exit. Yields the number of blocks."""
+
+    def recomputed(module: torch.nn.Module):
+        plain = type(module).forward.__get__(module)
+
+        def forward(*args, **kwargs):
+            if not torch.is_grad_enabled():
+                return plain(*args, **kwargs)
+            return torch.utils.checkpoint.checkpoint(plain, *args, use_reentrant=False, **kwargs)
+        return forward
+
+    try:
+        for m in blocks:
+            m.forward = recomputed(m)
+        yield len(blocks)
+    finally:
+        for m in blocks:
+            m.__dict__.pop("forward", None)
+
+
+def latent_cells(latent_shape: tuple[int, ...], patch: int = 2) -> tuple[int, int]:
+    """The image-token grid (h, w) of a latent [.., H, W] for a ``patch`` x ``patch`` patchifier (padded up)."""
+    h, w = int(latent_shape[-2]), int(latent_shape[-1])
+    return (h + patch - 1) // patch, (w + patch - 1) // patch
+
+
+def optional_pooled(conditioning) -> Optional[torch.Tensor]:
+    extras = conditioning[0][1] if isinstance(conditioning[0][1], dict) else {}
+    return extras.get("pooled_output")
