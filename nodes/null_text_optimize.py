@@ -19,14 +19,22 @@ from . import types
 from .common import MODEL_FIX, check_finite, check_guidance, checked_source, interrupt_check
 
 NODE = types.display_name("Null-Text Optimize")
+#: Where the optimisation of the null embeddings starts (the node's ``null_start``).
+NULL_STARTS = ("auto", "null", "source")
 
 
 def run_null_text(model, source, null, inversion: Inversion, guidance: float, inner_steps: int, epsilon: float,
-                  node: str = NODE, memory_saving: bool = False) -> tuple[NullEmbeddings, torch.Tensor]:
-    """Optimise the per-step null embeddings; returns them and the reconstruction latent (model space)."""
+                  node: str = NODE, memory_saving: bool = False, null_start: str = "auto") -> tuple[NullEmbeddings, torch.Tensor]:
+    """Optimise the per-step null embeddings; returns them and the reconstruction latent (model space).
+
+    ``null_start``: what the optimisation starts from: "null" (the 'null' input, the reference), "source" (the
+    source prompt's embedding, the negative-prompt-inversion point) or "auto" (the family's choice)."""
     cond = checked_source(model, inversion, source, node)
     family = family_of(model, node)
-    null_emb = family.text_condition(model, null, node, "null")
+    if null_start not in NULL_STARTS:
+        raise NodeInputError(node, "null_start", f"unknown value {null_start!r}.", f"choose one of {', '.join(NULL_STARTS)}.")
+    start = family.null_start if null_start == "auto" else null_start
+    null_emb = family.text_condition(model, null, node, "null") if start == "null" else cond
     check_finite(null_emb, node, "null", "the null embedding holds NaN or infinite values",
                  "encode the empty prompt \"\" with this checkpoint's CLIP (CLIP Text Encode).")
     check_guidance(guidance, node, "use the guidance you will edit with (7.5 in the paper).")
@@ -83,14 +91,15 @@ class NullTextOptimize(io.ComfyNode):
             # the status of the embeddings it passes on. It runs (or is taken from the cache) whenever queued.
             is_output_node=True,
             inputs=[
-                io.Model.Input("model", tooltip="The same model (SD 1.x/2.x or SDXL) used for DDIM Invert."),
+                io.Model.Input("model", tooltip="The same model used for DDIM Invert."),
                 io.Conditioning.Input("source", tooltip="The same source prompt CONDITIONING used for DDIM Invert."),
                 io.Conditioning.Input("null", tooltip="CLIP Text Encode of the empty prompt \"\": the starting null embedding."),
                 types.Inversion.Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),
-                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale to reconstruct (and later edit) with. 7.5 in the paper; Edited Sample should use the same."),
+                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale to reconstruct (and later edit) with. 7.5 in the paper (SD); SD3.5 4.5, Qwen-Image 4. Edited Sample should use the same."),
                 io.Int.Input("inner_steps", default=10, min=0, max=100, tooltip="Adam iterations per DDIM step at most (10 in the paper). Fewer is faster and reconstructs less exactly."),
                 io.Float.Input("epsilon", default=1e-5, min=0.0, max=1.0, step=1e-6, round=1e-7, tooltip="Early stop: a step stops when its loss falls below epsilon + step x 2e-5 (1e-5 in the paper). Larger is faster."),
-                io.Boolean.Input("memory_saving", default=False, optional=True, tooltip="Gradient checkpointing: far less memory, slower, the same result. Turn it on when the optimisation runs out of GPU memory (SDXL, large images)."),
+                io.Boolean.Input("memory_saving", default=False, optional=True, tooltip="Gradient checkpointing: far less memory, slower, the same result. Turn it on when the optimisation runs out of GPU memory (SDXL, SD3, Qwen-Image, large images)."),
+                io.Combo.Input("null_start", options=list(NULL_STARTS), default="auto", optional=True, tooltip="What the optimisation starts from. null: the 'null' input (the paper). source: the source prompt (negative-prompt inversion's point). auto: null for SD, SDXL and SD3; source for Qwen-Image, whose 5-token empty negative cannot reproduce the prompt's prediction (see the help page)."),
             ],
             outputs=[
                 types.NullEmbeddings.Output("null_embeddings", display_name="null_embeddings", tooltip="One optimised unconditional embedding per DDIM step, tied to this inversion."),
@@ -99,9 +108,10 @@ class NullTextOptimize(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, source, null, inversion, guidance, inner_steps, epsilon, memory_saving=False) -> io.NodeOutput:
+    def execute(cls, model, source, null, inversion, guidance, inner_steps, epsilon, memory_saving=False,
+                null_start="auto") -> io.NodeOutput:
         value, final = run_null_text(model, source, null, inversion, guidance, inner_steps, epsilon,
-                                     memory_saving=bool(memory_saving))
+                                     memory_saving=bool(memory_saving), null_start=null_start)
         recon = {"samples": model.model.process_latent_out(final)}
         return io.NodeOutput(value, recon, ui={"text": [status_text(value)]})
 

@@ -163,11 +163,12 @@ def test_truncated_files_are_refused(io_nodes, pipeline, out_dir):
 def test_newer_and_unknown_formats_are_refused(io_nodes, pipeline, out_dir):
     save(io_nodes, pipeline)
     src = out_dir / "cat_00001.safetensors"
-    rewrite(src, out_dir / "v2.safetensors", edit_meta=lambda m: m.update(format_version="2"))
+    newer = str(io_nodes.serialization.FORMAT_VERSION + 1)  # 3: version 2 is this pack's flow-schedule format
+    rewrite(src, out_dir / "v2.safetensors", edit_meta=lambda m: m.update(format_version=newer))
     rewrite(src, out_dir / "vx.safetensors", edit_meta=lambda m: m.update(format_version="one"))
     rewrite(src, out_dir / "other.safetensors", edit_meta=lambda m: m.update(format="somebody.else"))
     msg = load_error(io_nodes, pipeline, "v2.safetensors")
-    assert "format version 2" in msg and "newer" in msg and "update the nulltext-p2p node pack" in msg
+    assert f"format version {newer}" in msg and "newer" in msg and "update the nulltext-p2p node pack" in msg
     assert io_nodes.LoadInversion.validate_inputs("v2.safetensors") == msg
     assert "unknown format version 'one'" in load_error(io_nodes, pipeline, "vx.safetensors")
     assert "not a nulltext-p2p inversion" in load_error(io_nodes, pipeline, "other.safetensors")

@@ -33,6 +33,9 @@ class ModelFamily(Protocol):
     #: the model's latent is sampled from the inversion's x_T by the pack's sampler function (flow models: the
     #: host's noise scaling cannot start a flow sampler from a given latent at sigma 1)
     starts_in_sampler: bool
+    #: where Null-Text Optimize starts when its ``null_start`` is "auto": "null" (the 'null' input, the reference)
+    #: or "source" (the source prompt's embedding)
+    null_start: str
 
     def accepts(self, patcher) -> bool: ...
 

@@ -26,6 +26,7 @@ class JointAttentionFamily:
     default_guidance = 4.5
     latent_channels = 16
     starts_in_sampler = True
+    null_start = "null"  # where Null-Text Optimize starts ("null": the 'null' input; "source": the source prompt)
     patch_size = 2
     #: the class names of the transformer blocks (``memory_saving`` checkpoints them)
     block_classes: tuple[str, ...] = ()

@@ -28,6 +28,7 @@ class SDFamily:
     default_guidance = 7.5
     latent_channels = 4
     starts_in_sampler = False
+    null_start = "null"  # the reference: the empty prompt's embedding
 
     def accepts(self, patcher) -> bool:
         return sd_family_name(patcher) is not None
