@@ -41,8 +41,8 @@ def test_latent_batch_and_steps_are_checked(pipeline):
     sd3_latent = {"samples": torch.zeros(1, 16, 16, 16)}  # a LATENT from a 16-channel VAE (SD3/Flux)
     with pytest.raises(NodeInputError, match=r"\[Null-text P2P: DDIM Invert\] input 'latent'.*16 channels.*Fix:"):
         run_inversion(model, source, sd3_latent, 4)
-    with pytest.raises(ValueError, match=r"\[Null-text P2P: DDIM Invert\] input 'steps'.*0"):
-        run_inversion(model, source, image_latent(model), 0)
+    with pytest.raises(ValueError, match=r"\[Null-text P2P: DDIM Invert\] input 'steps'.*-1"):
+        run_inversion(model, source, image_latent(model), -1)
 
 
 def test_null_embeddings_from_another_inversion_are_refused(pipeline):

@@ -31,6 +31,12 @@ def family_of(patcher, node: str) -> ModelFamily:
             raise NodeInputError(node, "model", reason[0], reason[1])
     from ..model_fingerprint import model_config_name
 
+    if _is_flux(patcher):
+        raise NodeInputError(
+            node, "model", f"this is a Flux model ({model_config_name(patcher)}): Flux-dev and Flux-schnell are "
+            "guidance-distilled (the guidance strength is an input of the model), so there is no unconditional branch "
+            "for null-text inversion to optimise and no classifier-free guidance to edit with.",
+            f"load a {SUPPORTED} model; Flux support through Direct Inversion is planned.")
     raise NodeInputError(
         node, "model", f"this model ({model_config_name(patcher)}) is not one the pack edits.",
         f"load a {SUPPORTED} model. Flux-dev is guidance-distilled (it has no unconditional branch for null-text "
@@ -45,3 +51,13 @@ def family_named(name: str) -> ModelFamily | None:
 def family_of_clip(clip) -> ModelFamily | None:
     """The family whose tokenizers this CLIP has (None: none of them)."""
     return next((f for f in FAMILIES if f.tokenizes(clip)), None)
+
+
+def _is_flux(patcher) -> bool:
+    """A guidance-distilled Flux model (Flux.1/Flux.2 dev and schnell); not Chroma, which subclasses the host's Flux
+    class but was trained with real classifier-free guidance."""
+    import comfy.model_base
+
+    flux = getattr(comfy.model_base, "Flux", None)
+    chroma = getattr(comfy.model_base, "Chroma", ())
+    return flux is not None and isinstance(patcher.model, flux) and not isinstance(patcher.model, chroma)

@@ -14,7 +14,7 @@ import comfy.model_base
 
 from ...core.prompt_tokens import PromptError, PromptLayout, PromptTokens
 from ..flow_model import is_flow_model
-from ..word_tokens import plain_ids, word_tokens
+from ..word_tokens import SYNTAX, plain_ids, word_tokens
 from .joint import JointAttentionFamily
 
 CLIP_CHUNK = 77
@@ -78,18 +78,25 @@ class SD3Family(JointAttentionFamily):
         words, clip_words = word_tokens(lambda t: [i for c in _clip_chunks(clip, t) for i in c], text)
         segments, firsts, offset = [], [], 0
         if has_clip:
+            # The host fills each chunk with 75 tokens and may cut a word at the boundary (0.33 tokenises a prompt
+            # as one piece); a cut word is in both chunks' segments, each with its own tokens.
+            pending = [list(t) for t in clip_words]
             w = 0
             for chunk in _clip_chunks(clip, text):
-                first, n = w, 0
-                while w < len(words) and n + len(clip_words[w]) <= len(chunk):
-                    n += len(clip_words[w])
+                first, taken, n = w, [], 0
+                while w < len(words) and n < len(chunk):
+                    part = pending[w][: len(chunk) - n]
+                    taken.append(tuple(part))
+                    n += len(part)
+                    pending[w] = pending[w][len(part):]
+                    if pending[w]:
+                        break  # the rest of this word opens the next chunk
                     w += 1
-                if [t for ws in clip_words[first:w] for t in ws] != chunk:
-                    raise PromptError(f"a word of {text[:60]!r} is split over two 75-token CLIP chunks; shorten the "
-                                      "prompt or move the word.")
-                sub = words[first:w]
-                segments.append((offset, PromptTokens(" ".join(sub) if sub else "", sub, clip_words[first:w],
-                                                      CLIP_BOS, CLIP_EOS, max_len=CLIP_CHUNK)))
+                if [t for ws in taken for t in ws] != chunk:
+                    raise PromptError(f"the CLIP chunks of {text[:60]!r} do not hold its words' tokens; {SYNTAX}")
+                sub = words[first:first + len(taken)]
+                segments.append((offset, PromptTokens(" ".join(sub), sub, tuple(taken), CLIP_BOS, CLIP_EOS,
+                                                      max_len=CLIP_CHUNK)))
                 firsts.append(first)
                 offset += CLIP_CHUNK
         if has_t5:
