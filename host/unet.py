@@ -44,14 +44,6 @@ def sd_family_name(patcher) -> Optional[str]:
     return "SD2.x" if "SD2" in config_name else "SD1.x"
 
 
-def check_model_family(patcher, node: str) -> str:
-    """The model's family name (``host.families``: SD 1.x/2.x, SDXL, SD3, Qwen-Image), or a NodeInputError saying
-    what is supported."""
-    from .families import family_of
-
-    return family_of(patcher, node).name_of(patcher)
-
-
 def load_model(patcher) -> None:
     """Load the model on the host's chosen device (object patches only reach the model then)."""
     comfy.model_management.load_models_gpu([patcher])

@@ -40,9 +40,9 @@ def sdxl(tiny_sdxl):
 def test_sdxl_is_accepted_and_its_condition_carries_the_pooled_vector(sdxl):
     from nulltext_p2p.host.errors import NodeInputError
     from nulltext_p2p.host.text_condition import pooled_dim, text_condition
-    from nulltext_p2p.host.unet import check_model_family
+    from nulltext_p2p.host.families import model_family_name
 
-    assert check_model_family(sdxl.model, "Test") == "SDXL"
+    assert model_family_name(sdxl.model, "Test") == "SDXL"
     assert pooled_dim(sdxl.model) == POOLED
     packed = text_condition(sdxl.model, sdxl.source, "Test", "source")
     tokens, pooled = sdxl.source[0][0], sdxl.source[0][1]["pooled_output"]

@@ -43,6 +43,12 @@ def family_of(patcher, node: str) -> ModelFamily:
         "inversion); other families are not supported yet.")
 
 
+def model_family_name(patcher, node: str) -> str:
+    """The model's family name as inversions record it ("SD1.x", "SD2.x", "SDXL", "SD3", "Qwen-Image"), or the
+    NodeInputError of :func:`family_of`."""
+    return family_of(patcher, node).name_of(patcher)
+
+
 def family_named(name: str) -> ModelFamily | None:
     """The family that writes ``name`` as an inversion's ``model_family`` (e.g. "SDXL", "SD3"), or None."""
     return next((f for f in FAMILIES if name in f.names), None)
