@@ -102,11 +102,26 @@ def targets_section(report: dict) -> dict:
             "met": bool(ours.get("wall_s", 1e9) < 20.0 and peak is not None and peak * 2 ** 20 < 6e9
                         and frozen is not None and frozen <= 0.8 and equal),
         }
+    model = s.get("model") or {}
+    if s["device"].startswith("cuda") and s["checkpoint"] == "random-sd35m-full" and s["size"] == 1024 \
+            and s["steps"] == 28 and s["inner"] == 10 and s["guidance"] == 4.5 and model.get("dtype") == "bfloat16":
+        ms = by_name.get("null-text memory_saving", {})
+        peak = ms.get("peak_gpu_mib")
+        device_name = (report.get("machine") or {}).get("device_name", "")
+        out["gpu_sd35m_1024_memory_saving"] = {
+            "null_text_wall_s": ms.get("wall_s"), "limit_s": 60.0,
+            "peak_gpu_gb": None if peak is None else round(peak * 2 ** 20 / 1e9, 2), "limit_gb": 20.0,
+            "device_name": device_name, "target_device": "H200", "on_target_device": "H200" in device_name,
+            "met": bool(ms.get("wall_s", 1e9) < 60.0 and peak is not None and peak * 2 ** 20 < 20e9),
+        }
     return out
 
 
 COLS = ["phase", "wall_s", "cpu_util", "unet_evals", "unet_calls", "backward", "inner_iterations", "peak_rss_mib",
         "peak_gpu_mib", "latent_mse", "psnr_db"]
+#: Columns the flow-family rows add (bench/flow_phases.py: model calls per step against the algorithm's floor);
+#: shown only when a row has them, so the SD tables are unchanged.
+FLOOR_COLS = ["calls_per_step", "floor_calls", "floor_backward", "at_floor"]
 
 
 def render_markdown(report: dict) -> str:
@@ -115,11 +130,14 @@ def render_markdown(report: dict) -> str:
     s = report["settings"]
     lines = [f"### {s['checkpoint']}: {s['steps']} steps, {s['size']} px, inner {s['inner']}, guidance {s['guidance']}, "
              f"device {s['device']}" + (f" ({report['machine']['device_name']})" if report["machine"].get("device_name") else ""), ""]
-    lines.append("| " + " | ".join(COLS) + " |")
-    lines.append("|" + "---|" * len(COLS))
+    if s.get("model"):
+        lines[-1:-1] = ["", "model: " + ", ".join(f"{k} {v}" for k, v in s["model"].items())]
+    cols = COLS + [c for c in FLOOR_COLS if any(c in r for r in report["phases"])]
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "---|" * len(cols))
     for r in report["phases"]:
         cells = []
-        for c in COLS:
+        for c in cols:
             v = r.get(c, "")
             if c == "latent_mse" and v != "":
                 v = f"{v:.3e}"
@@ -145,6 +163,11 @@ def render_markdown(report: dict) -> str:
         lines.append(f"- {label}: **{e['median_ratio']}x**{pr}")
     if ratios and not ratios.get("withheld") and not ratios.get("utilisation_checked"):
         lines.append("- (GPU run: CPU utilisation not checked)")
+    for r in report["phases"]:
+        if "floor_rule" in r:
+            lines.append(f"- {r['phase']}: floor {r['floor_rule']}; measured {r['unet_calls']} calls "
+                         f"({r['unet_evals']} rows), {r['backward']} backward: "
+                         f"{'at the floor' if r['at_floor'] else 'ABOVE the floor'}")
     for name, t in (report.get("targets") or {}).items():
         lines.append(f"- target {name}: {json.dumps(t)}")
     return "\n".join(lines) + "\n"
@@ -166,10 +189,13 @@ def settings_section(settings, workload, phase_groups: set[str]) -> dict:
     """The report's ``settings`` section (``settings``: a ``workload.RunSettings``, ``workload``: a
     ``workload.Workload``)."""
     args = settings.args
-    return {"steps": settings.steps, "size": settings.size, "inner": args.inner, "guidance": args.guidance,
-            "flush_denormal": bool(args.flush_denormal), "repeat": args.repeat, "checkpoint": workload.model_name,
-            "family": workload.family, "device": str(settings.device), "phases": sorted(phase_groups),
-            "precision": args.precision, "min_cpu_util": MIN_CPU_UTIL}
+    out = {"steps": settings.steps, "size": settings.size, "inner": args.inner, "guidance": args.guidance,
+           "flush_denormal": bool(args.flush_denormal), "repeat": args.repeat, "checkpoint": workload.model_name,
+           "family": workload.family, "device": str(settings.device), "phases": sorted(phase_groups),
+           "precision": args.precision, "min_cpu_util": MIN_CPU_UTIL}
+    if getattr(workload, "model_info", None):
+        out["model"] = workload.model_info
+    return out
 
 
 def new_report(machine: dict, settings: dict) -> dict:

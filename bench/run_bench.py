@@ -3,12 +3,18 @@
     python bench/run_bench.py                       # tiny random model on CPU, 50 steps at 64 px (2 cores)
     python bench/run_bench.py --size 128 --steps 50 --repeat 3       # the reference comparison (quiet machine)
     python bench/run_bench.py --tiny-sdxl           # the tiny SDXL-layout model
+    python bench/run_bench.py --tiny-sd3 --steps 8  # the tiny SD3 / Qwen-Image models (flow matching; --tiny-qwen-image)
     python bench/run_bench.py --random-unet sd15    # full-size random-weight SD 1.5 UNet on the GPU, 512 px
+    python bench/run_bench.py --random-unet sd35m --model-dtype bf16   # random SD3.5 Medium on the GPU, 1024 px
     python bench/run_bench.py --checkpoint /path/v1-5-pruned-emaonly.safetensors --image photo.jpg
 
 Prints one table (UNet forward evaluations and backward passes per phase, inner iterations, wall time, CPU
 utilisation, peak memory, reconstruction latent MSE and decoded PSNR) and writes it as JSON (--json, rewritten after
 every phase) and optionally as markdown (--markdown).
+
+For the flow-matching families (SD3/SD3.5, Qwen-Image; bench/flow_phases.py) there is no reference peer (the
+authors' code is DDIM on SD): each row reports its model calls per step against the floor of its algorithm
+(null-text: 1 conditional + k forward/backward + 1 unconditional evaluation per step).
 
 The peer is the authors' NullInversion (bench/reference_nti.py, the notebook's null_optimization with only the model
 call adapted), run on the same model and inputs twice: with the model's weights frozen (requires_grad False: the
@@ -41,11 +47,15 @@ from report import (  # noqa: E402,F401
     ITERATION_FLIP_TOLERANCE, MIN_CPU_UTIL, OURS, RECON_TOLERANCE, REF_FROZEN, REF_PUBLISHED, compare, complete_report,
     machine_info, new_report, publish_report, ratio_section, render_markdown, settings_section, targets_section,
 )
-from workload import build_workload, resolve_settings, set_flush_denormal, start_host  # noqa: E402
+from workload import (  # noqa: E402
+    MODEL_DTYPES, RANDOM_MMDITS, build_workload, flow_family, resolve_settings, set_flush_denormal, start_host,
+)
 
 ALL_PHASES = ("plain", "reference", "published", "options", "memory_saving", "reference_memory_saving", "precision",
               "fast", "edit")
 DEFAULT_PHASES = tuple(p for p in ALL_PHASES if p != "reference_memory_saving")
+#: The groups the flow-matching families run (the reference peers are SD-only).
+FLOW_PHASES = ("plain", "options", "memory_saving", "precision", "fast", "edit")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,19 +66,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", help="an SD 1.x/2.x or SDXL checkpoint; default: the tiny random test model")
     parser.add_argument("--tiny-sdxl", action="store_true",
                         help="use the tiny random SDXL-layout test model (tests/tiny_sdxl.py) instead of the SD 1.x one")
-    parser.add_argument("--random-unet", choices=["sd15", "sdxl"],
+    parser.add_argument("--tiny-sd3", action="store_true",
+                        help="use the tiny random SD3-layout test model (tests/tiny_sd3.py; flow matching, no reference peer)")
+    parser.add_argument("--tiny-qwen-image", action="store_true",
+                        help="use the tiny random Qwen-Image-layout test model (tests/tiny_qwen_image.py; flow matching)")
+    parser.add_argument("--random-unet", choices=["sd15", "sdxl", *RANDOM_MMDITS],
                         help="a random-weight UNet built with the host's classes directly on the device (bench/random_unet.py): "
                              "full-size SD 1.5 (860 M) or SDXL (2.6 B), with a random-weight CLIP of the family for the prompts "
-                             "and a synthetic latent, no VAE (so no PSNR). Uses the GPU when there is one")
+                             "and a synthetic latent, no VAE (so no PSNR); or a random-weight flow transformer "
+                             "(bench/random_mmdit.py): SD3.5 Medium (2.24 B) or Qwen-Image (20.4 B at 60 blocks) with random "
+                             "text conditioning of the real shapes. Uses the GPU when there is one")
     parser.add_argument("--random-scale", choices=["full", "tiny"], default="full",
                         help="with --random-unet: the real size (default) or the same layout narrow (CPU checks of bench/gpu.sh)")
+    parser.add_argument("--random-layers", type=int, default=None,
+                        help="with --random-unet qwen-image: its number of blocks (default: 60 on a GPU with 100 GiB or "
+                             "more, else 30; full width either way)")
+    parser.add_argument("--model-dtype", choices=sorted(MODEL_DTYPES), default=None,
+                        help="flow models only: the main model's dtype (default fp32; the embedding and Adam stay fp32)")
     parser.add_argument("--image", help="an image file; default: a synthetic image (tiny and random models: a synthetic latent)")
     parser.add_argument("--size", type=int, default=None,
-                        help="image side in px (default 512, SDXL 1024; tiny models 64 for SD 1.x, 128 for SDXL; "
-                             "--random-scale tiny 128)")
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50, the paper's)")
+                        help="image side in px (default 512, SDXL, SD3.5 and Qwen-Image 1024; tiny models 64 for SD 1.x, "
+                             "128 for SDXL, SD3 and Qwen-Image; --random-scale tiny 128)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="DDIM steps (default 50, the paper's); flow models: Euler steps (default SD3.5 28, Qwen-Image 30)")
     parser.add_argument("--inner", type=int, default=10, help="inner iterations (default 10)")
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="default 7.5 (SD); the family's for the flow models (SD3.5 4.5, Qwen-Image 4.0)")
     parser.add_argument("--cpu", action="store_true", help="force the CPU")
     parser.add_argument("--phases", default=",".join(DEFAULT_PHASES),
                         help="comma-separated phase groups to run besides the inversion and ours (default: %(default)s). "
@@ -102,8 +125,19 @@ def phases_to_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error(f"unknown phase group(s) {sorted(unknown)}; choose from {', '.join(ALL_PHASES)}")
     if args.skip_reference:
         phases -= {"reference", "published", "reference_memory_saving"}
-    if sum(bool(x) for x in (args.checkpoint, args.tiny_sdxl, args.random_unet)) > 1:
-        parser.error("choose one of --checkpoint, --tiny-sdxl, --random-unet")
+    if sum(bool(x) for x in (args.checkpoint, args.tiny_sdxl, args.tiny_sd3, args.tiny_qwen_image, args.random_unet)) > 1:
+        parser.error("choose one of --checkpoint, --tiny-sdxl, --tiny-sd3, --tiny-qwen-image, --random-unet")
+    if flow_family(args) is None:
+        if args.model_dtype is not None:
+            parser.error("--model-dtype is for the flow models (--tiny-sd3, --tiny-qwen-image, --random-unet sd35m/qwen-image)")
+    else:
+        dropped = phases - set(FLOW_PHASES)
+        if dropped:
+            print(f"bench: {flow_family(args)}: no reference peer (the authors' code is DDIM on SD); "
+                  f"leaving out {', '.join(sorted(dropped))}")
+        phases &= set(FLOW_PHASES)
+    if args.random_layers is not None and args.random_unet != "qwen-image":
+        parser.error("--random-layers is for --random-unet qwen-image")
     return phases
 
 
@@ -113,17 +147,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     phase_groups = phases_to_run(args, parser)
     host = start_host(args)
+    run(args, host, phase_groups)
+    return 0
+
+
+def run(args: argparse.Namespace, host, phase_groups: set[str]) -> dict:
+    """Everything after the host is set up: settings, model and inputs, the phases, the report (returned)."""
     from phases import Bench  # imports the pack, importable only now
 
     settings = resolve_settings(args, host)
     set_flush_denormal(args)
     workload = build_workload(settings)
     report = new_report(machine_info(host, settings.device), settings_section(settings, workload, phase_groups))
-    bench = Bench(settings, workload, phase_groups, report)
+    if flow_family(args) is not None:
+        from flow_phases import FlowBench
+
+        bench = FlowBench(settings, workload, phase_groups, report)
+    else:
+        bench = Bench(settings, workload, phase_groups, report)
     bench.run()
     complete_report(report, bench.ratio_pairs, settings.on_cpu)
     publish_report(report, args.json, args.markdown)
-    return 0
+    return report
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""The benchmark's own logic: the CPU-utilisation refusal, the result-equality check, the report, the targets, and
-the full-size random UNets of ``bench/random_unet.py`` (layout and size checked on the meta device, no memory)."""
+"""The benchmark's own logic: the CPU-utilisation refusal, the result-equality check, the report, the targets, the
+full-size random UNets of ``bench/random_unet.py`` and transformers of ``bench/random_mmdit.py`` (layout and size
+checked on the meta device, no memory), and the flow-family rows (SD3, Qwen-Image: tiny models, a few steps, every
+row's model calls at its algorithm's floor)."""
 
 from __future__ import annotations
 
@@ -147,3 +149,102 @@ def test_tiny_random_unet_is_seeded_and_dtype_consistent(host):
     fan_in = sa[key].shape[1]
     assert float(sa[key].std()) == pytest.approx(random_unet.ATTN2_KEY_SCALE / fan_in ** 0.5, rel=0.1)
     assert random_unet.unet_parameters(a) < 60_000_000
+
+
+def test_sd35m_target_applies_to_the_full_size_bf16_run_only():
+    def report(device="cuda:0", name="NVIDIA H200", wall=55.0, peak_mib=15000, dtype="bfloat16", steps=28):
+        return {"settings": {"device": device, "checkpoint": "random-sd35m-full", "steps": steps, "size": 1024,
+                             "inner": 10, "guidance": 4.5, "model": {"dtype": dtype}},
+                "machine": {"device_name": name}, "ratios": {},
+                "phases": [{"phase": "null-text memory_saving", "wall_s": wall, "peak_gpu_mib": peak_mib}]}
+
+    t = run_bench.targets_section(report())["gpu_sd35m_1024_memory_saving"]
+    assert t["met"] is True and t["on_target_device"] is True and t["limit_s"] == 60.0 and t["limit_gb"] == 20.0
+    assert run_bench.targets_section(report(wall=61.0))["gpu_sd35m_1024_memory_saving"]["met"] is False
+    assert run_bench.targets_section(report(peak_mib=19100))["gpu_sd35m_1024_memory_saving"]["met"] is False  # 20.03 GB
+    assert run_bench.targets_section(report(name="NVIDIA H100 80GB HBM3"))["gpu_sd35m_1024_memory_saving"][
+        "on_target_device"] is False
+    assert run_bench.targets_section(report(dtype="float32")) == {}
+    assert run_bench.targets_section(report(steps=10)) == {}
+    assert run_bench.targets_section(report(device="cpu")) == {}
+
+
+def test_floor_columns_appear_only_for_rows_that_have_them():
+    sd = _report("cpu", "tiny", 10, 0.93)
+    assert "calls_per_step" not in run_bench.render_markdown(sd)
+    sd["phases"][0].update(unet_calls=24, unet_evals=24, backward=20, calls_per_step=2.4, floor_calls=24,
+                           floor_backward=20, at_floor=True, floor_rule="1 cond + k (fwd+bwd) + 1 uncond per step")
+    md = run_bench.render_markdown(sd)
+    assert "| calls_per_step | floor_calls | floor_backward | at_floor |" in md
+    assert f"- {run_bench.OURS}: floor 1 cond + k (fwd+bwd) + 1 uncond per step; measured 24 calls (24 rows), " \
+           "20 backward: at the floor" in md
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("kind", ["sd35m", "qwen-image"])
+def test_full_size_random_mmdits_are_what_the_host_detects(host, kind):
+    """SD3.5 Medium and Qwen-Image as the host builds them from the configurations of bench/random_mmdit.py (on the
+    meta device: no memory): the host's detection, run on the built model's own keys and shapes, gives the
+    configuration back and picks the family's class; the parameter counts are the published models'."""
+    import comfy.model_detection
+    import comfy.supported_models
+    import random_mmdit
+
+    cfg = random_mmdit.mmdit_config(kind)
+    config = random_mmdit.model_config(kind, cfg)
+    assert type(config) is {"sd35m": comfy.supported_models.SD3, "qwen-image": comfy.supported_models.QwenImage}[kind]
+    net = config.get_model({}, "", device=torch.device("meta")).diffusion_model
+    assert comfy.model_detection.detect_unet_config(net.state_dict(), "") == cfg
+    assert sum(p.numel() for p in net.parameters()) == random_mmdit.FULL_PARAMETERS[kind]
+    if kind == "sd35m":
+        assert cfg["depth"] == 24 and cfg["x_block_self_attn_layers"] == list(range(13)) and cfg["qk_norm"] == "rms"
+        assert cfg["pos_embed_max_size"] == 384 and cfg["adm_in_channels"] == 2048
+        assert cfg["context_embedder_config"]["params"] == {"in_features": 4096, "out_features": 1536}
+    else:
+        assert net.txt_in.in_features == 3584 and len(net.transformer_blocks) == 60
+        reduced = random_mmdit.model_config(kind, random_mmdit.mmdit_config(kind, layers=30))
+        half = reduced.get_model({}, "", device=torch.device("meta")).diffusion_model
+        assert len(half.transformer_blocks) == 30 and half.txt_in.in_features == 3584
+
+
+def _run_bench_in_process(host, tmp_path, argv: list[str]) -> dict:
+    """run_bench.py's main() after the host is set up (the test session's host, on the CPU)."""
+    parser = run_bench.build_parser()
+    args = parser.parse_args([*argv, "--json", str(tmp_path / "bench.json")])
+    return run_bench.run(args, host, run_bench.phases_to_run(args, parser))
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("model_args", [
+    ["--tiny-sd3"], ["--tiny-qwen-image"],
+    ["--random-unet", "sd35m", "--random-scale", "tiny", "--model-dtype", "bf16"],
+    ["--random-unet", "qwen-image", "--random-scale", "tiny", "--model-dtype", "bf16"],
+], ids=["tiny-sd3", "tiny-qwen-image", "random-sd35m-tiny", "random-qwen-image-tiny"])
+def test_flow_rows_run_and_their_model_calls_are_at_the_floor(host, tmp_path, model_args):
+    """The flow-family rows (bench/flow_phases.py) on the tiny models, 2 steps x 2 inner iterations: every phase
+    runs, and every row's model calls, rows and backward passes are its algorithm's floor (null-text: 1 cond +
+    k (fwd+bwd) + 1 uncond per step)."""
+    import json
+
+    steps = 2
+    report = _run_bench_in_process(host, tmp_path, [*model_args, "--steps", str(steps), "--inner", "2",
+                                                    "--phases", "plain,memory_saving,fast,edit"])
+    family = "SD3" if "sd3" in model_args[0] or "sd35m" in model_args else "Qwen-Image"
+    assert report["settings"]["family"] == family and not report["partial"]
+    assert report["settings"]["guidance"] == {"SD3": 4.5, "Qwen-Image": 4.0}[family]
+    rows = {r["phase"]: r for r in report["phases"]}
+    assert set(rows) == {"inversion (flow, Euler)", "plain Euler @ guidance (no NTI)", run_bench.OURS,
+                         "null-text memory_saving", "negative-prompt",
+                         "direct-inversion, one batch-2 call per step (default)",
+                         "direct-inversion, two batch-1 calls per step", "edit (P2P replace + blend, 1 edit)"}
+    for r in rows.values():
+        assert r["at_floor"] is True, r
+        assert r["wall_s"] > 0 and r["calls_per_step"] == round(r["unet_calls"] / steps, 2)
+    for name in (run_bench.OURS, "null-text memory_saving"):
+        k = rows[name]["inner_iterations"]
+        assert 0 < k <= steps * 2
+        assert (rows[name]["unet_calls"], rows[name]["unet_evals"], rows[name]["backward"]) == (2 * steps + k,) * 2 + (k,)
+    assert rows["null-text memory_saving"]["latent_mse"] == rows[run_bench.OURS]["latent_mse"]  # same result
+    assert rows["inversion (flow, Euler)"]["unet_calls"] == steps
+    assert rows["edit (P2P replace + blend, 1 edit)"]["unet_evals"] == 2 * 2 * steps
+    assert json.loads((tmp_path / "bench.json").read_text())["phases"] == report["phases"]
