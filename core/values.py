@@ -116,4 +116,4 @@ class AttentionControl:
     blend_threshold: float = BLEND_THRESHOLD
     source_fingerprint: str = ""
     target_fingerprint: str = ""
-    family: str = ""  # the model family whose tokenizers made the prompts ("" = SD, by earlier versions)
+    family: str = ""  # the label of the model family whose tokenizers made the prompts ("": not recorded)

@@ -76,6 +76,18 @@ def recomputed_blocks(blocks: list[torch.nn.Module]) -> Iterator[int]:
             m.__dict__.pop("forward", None)
 
 
+def with_model_frame_axis(patcher, samples: torch.Tensor) -> torch.Tensor:
+    """``samples`` [B, C, (T,) H, W] with the frame axis the model's latent format has: Qwen-Image's (Wan 2.1,
+    ``latent_dimensions`` 3) takes [B, C, 1, H, W] (the host's samplers add the axis to a 4-D latent, as a 2-D
+    16-channel VAE gives); the others take [B, C, H, W]."""
+    dims = getattr(getattr(patcher.model, "latent_format", None), "latent_dimensions", 2)
+    if dims == 3 and samples.ndim == 4:
+        return samples.unsqueeze(2)
+    if dims == 2 and samples.ndim == 5 and samples.shape[2] == 1:
+        return samples.squeeze(2)
+    return samples
+
+
 def latent_cells(latent_shape: tuple[int, ...], patch: int = 2) -> tuple[int, int]:
     """The image-token grid (h, w) of a latent [.., H, W] for a ``patch`` x ``patch`` patchifier (padded up)."""
     h, w = int(latent_shape[-2]), int(latent_shape[-1])

@@ -108,7 +108,7 @@ def build_control(clip, source_prompt: str, target_prompts: str, mode: str, cros
         raise fail("blend_words", e, "write e.g. 'cat, tiger'.") from e
     control = AttentionControl(source=source, targets=targets, mode=mode, cross_replace=cross_replace,
                                word_windows=windows, self_replace=self_replace, reweight=weights, blend_words=blend,
-                               blend_start=blend_start, blend_threshold=blend_threshold, family=family.names[0])
+                               blend_start=blend_start, blend_threshold=blend_threshold, family=family.label)
     # Validate now (errors show on this node), one input at a time so the error names the input that is wrong.
     fixes = {"target_prompts": "keep the same number of words for a word swap, or choose mode 'refine' to add or "
                                "remove words.",

@@ -11,6 +11,7 @@ from ..core.ddim import ddim_invert
 from ..core.values import Inversion
 from ..host.errors import NodeInputError
 from ..host.families import family_of
+from ..host.flow_model import with_model_frame_axis
 from ..host.model_fingerprint import model_fingerprint
 from ..host.unet import load_model
 from . import types
@@ -23,7 +24,7 @@ def run_inversion(model, source, latent: dict, steps: int, node: str = NODE) -> 
     """Invert one latent with the source prompt at guidance 1 (reference semantics; flow models: the Euler ODE of
     the host's sigmas). ``steps`` 0: the family's usual step count."""
     family = family_of(model, node)
-    samples = single_latent(latent, node, channels=family.latent_channels)
+    samples = with_model_frame_axis(model, single_latent(latent, node, channels=family.latent_channels))
     if steps == 0:
         steps = family.default_steps
     if steps < 1 or steps > 1000:

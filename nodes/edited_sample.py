@@ -149,9 +149,10 @@ def check_control(control: Optional[AttentionControl], tgt: Optional[torch.Tenso
     if not isinstance(control, AttentionControl):
         raise NodeInputError(node, "control", f"expected an attention control, got {type(control).__name__}.",
                              "connect the 'control' output of the Attention Controller.")
-    if family is not None and control.family and control.family not in family.names:
-        raise NodeInputError(node, "control", f"it was made with a {control.family} text encoder, but the model is "
-                             f"{family.name_of(model)}.", "connect the CLIP of this model to the Attention Controller.")
+    if family is not None and control.family and control.family != family.label:
+        raise NodeInputError(node, "control", f"it was made with the text encoder of a {control.family} model, but "
+                             f"the model is {family.name_of(model)}.", "connect the CLIP of this model to the Attention "
+                             "Controller.")
     if tgt is None or control.target_fingerprint != cond_fingerprint(tgt):
         raise NodeInputError(node, "target", "it is not the target conditioning this attention control was made for.",
                              "connect the Attention Controller's 'target' output to 'target'.")

@@ -34,7 +34,9 @@ def run_null_text(model, source, null, inversion: Inversion, guidance: float, in
     if null_start not in NULL_STARTS:
         raise NodeInputError(node, "null_start", f"unknown value {null_start!r}.", f"choose one of {', '.join(NULL_STARTS)}.")
     start = family.null_start if null_start == "auto" else null_start
-    null_emb = family.text_condition(model, null, node, "null") if start == "null" else cond
+    null_emb = family.text_condition(model, null, node, "null")  # checked also where it is not the start
+    if start == "source":
+        null_emb = cond
     check_finite(null_emb, node, "null", "the null embedding holds NaN or infinite values",
                  "encode the empty prompt \"\" with this checkpoint's CLIP (CLIP Text Encode).")
     check_guidance(guidance, node, "use the guidance you will edit with (7.5 in the paper).")

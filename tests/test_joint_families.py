@@ -90,6 +90,20 @@ def test_steps_0_is_the_familys_usual_step_count(fam):
     assert inv.steps == fam.family.default_steps == {"SD3": 28, "Qwen-Image": 30}[fam.name]
 
 
+def test_a_latent_without_the_frame_axis_gets_the_models_layout(fam):
+    """Qwen-Image's latents are [1, 16, 1, h, w] (Wan 2.1); a 4-D one from a 2-D 16-channel VAE gets the frame axis
+    (as the host's samplers add it), and SD3 takes a 5-D one with one frame as 4-D: the same inversion either way."""
+    from nulltext_p2p.nodes.ddim_invert import run_inversion
+
+    samples = fam.latent["samples"]
+    other = samples.squeeze(2) if samples.ndim == 5 else samples.unsqueeze(2)
+    with torch.inference_mode():
+        a = run_inversion(fam.model, fam.source, {"samples": other}, 2)
+        b = run_inversion(fam.model, fam.source, fam.latent, 2)
+    assert a.latents.shape == b.latents.shape == (3, *LATENT_SHAPE[fam.name])
+    assert torch.equal(a.latents, b.latents)
+
+
 def test_inversion_equals_a_float64_euler_transcription(fam):
     """x_i = x_{i+1} + (sigma_i - sigma_{i+1}) v(x_{i+1}, sigma_i), from the clean latent, source prompt, guidance 1,
     written out here on the raw diffusion model in float64: relative deviation below 1e-4 (float32 rounding)."""

@@ -25,6 +25,8 @@ class ModelFamily(Protocol):
 
     #: the ``model_family`` names the family writes into inversions (the first is the default)
     names: tuple[str, ...]
+    #: the family's name for people (what an Attention Controller's control records)
+    label: str
     #: the usual number of sampling steps (DDIM Invert's ``steps`` 0) and guidance of the family
     default_steps: int
     default_guidance: float

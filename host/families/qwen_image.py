@@ -44,6 +44,7 @@ def _context_ids(clip, text: str) -> list[int]:
 
 class QwenImageFamily(JointAttentionFamily):
     names = ("Qwen-Image",)
+    label = "Qwen-Image"
     default_steps = 30  # between ComfyUI's Qwen-Image template (20) and the diffusers pipeline (50)
     default_guidance = 4.0  # the diffusers QwenImagePipeline's true_cfg_scale
     block_classes = ("QwenImageTransformerBlock",)

@@ -24,6 +24,7 @@ SD_TOKENIZERS = ({"l"}, {"h"}, {"g", "l"})
 
 class SDFamily:
     names = ("SD1.x", "SD2.x", "SDXL")
+    label = "SD 1.x/2.x/SDXL"
     default_steps = 50  # the reference's DDIM steps
     default_guidance = 7.5
     latent_channels = 4

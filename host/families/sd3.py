@@ -47,6 +47,7 @@ def _encoders(clip) -> tuple[bool, bool]:
 
 class SD3Family(JointAttentionFamily):
     names = ("SD3",)
+    label = "SD3/SD3.5"
     default_steps = 28  # SD3.5 Medium/Large model cards and ComfyUI's SD3.5 templates sample with 28 steps or fewer
     default_guidance = 4.5  # the SD3.5 Medium model card (Large: 3.5-4.5)
     block_classes = ("JointBlock",)
