@@ -30,6 +30,8 @@ THUMBNAILS = {
     "invert_once_edit_many": ("5  One inversion, many edits", "tiger, dog, wooden table", "cat", ["tiger", "dog", "wooden"]),
     "sdxl_word_swap": ("6  SDXL word swap", "cat -> tiger at 1024x1024", "cat", ["tiger"]),
     "masked_edit": ("7  Masked edit", "cat -> tiger inside a mask", "cat", ["tiger"]),
+    "sd35_word_swap": ("8  SD3.5 word swap", "cat -> tiger, flow matching", "cat", ["tiger"]),
+    "qwen_image_word_swap": ("9  Qwen-Image word swap", "cat -> tiger, joint attention", "cat", ["tiger"]),
 }
 
 

@@ -14,7 +14,8 @@ Every example workflow (test_example_workflows_in_the_frontend)
     browser opens it, run on the tiny model at 64 px with 2 DDIM steps and 1 inner step (the tiny checkpoint is
     also linked as v1-5-pruned-emaonly.safetensors, so the SD 1.5 examples run unchanged otherwise), a caption
     typed into "Source caption", a word-count error; search, help pages, console and failed requests checked from
-    the page. sdxl_word_swap is loaded and checked but not run (NOT_RUN says why). Screenshots and a report.json go
+    the page. sdxl_word_swap, sd35_word_swap and qwen_image_word_swap are loaded and checked (their model files
+    reported missing) but not run (NOT_RUN says why). Screenshots and a report.json go
     to ``$NTP_SCREENSHOT_DIR/comfyui-<host version>/`` (default: the temp dir's ``nulltext_p2p_screens``): keep
     them as CI artefacts and look at them.
 """
@@ -204,17 +205,26 @@ def test_example_pictures_are_small_and_made_here():
         assert images == [EXAMPLE_IMAGE], (path.name, images)
 
 
-def test_sdxl_example_names_its_own_checkpoint_for_download():
-    """The frontend reports a missing model from the loader's properties.models entry: the SDXL example's loader
-    must carry the SDXL base checkpoint, the others SD 1.5."""
+def test_examples_name_their_own_model_files_for_download():
+    """The frontend reports a missing model from the loader's properties.models entry: every loader must carry the
+    file it loads, with a download URL and the folder it goes in: the SDXL example the SDXL base checkpoint, the
+    SD3.5 example the SD3.5 checkpoint, the Qwen-Image example its diffusion model, text encoder and VAE (the
+    files of ComfyUI's own templates), the others SD 1.5."""
+    assert set(EXAMPLE_MODEL_FILES) <= set(TEMPLATE_ORDER)
     for path in EXAMPLE_DIR.glob("*.json"):
         workflow = json.loads(path.read_text())
-        loader = next(n for n in workflow["nodes"] if n["type"] == "CheckpointLoaderSimple")
-        want = SDXL_CHECKPOINT if path.stem == "sdxl_word_swap" else SD15_CHECKPOINT
-        assert loader["widgets_values"][0] == want
-        assert [m["name"] for m in loader["properties"]["models"]] == [want], path.name
-        assert all(m["url"].startswith("https://huggingface.co/") and m["directory"] == "checkpoints"
-                   for m in loader["properties"]["models"])
+        want = EXAMPLE_MODEL_FILES.get(path.stem, SD15_FILES)
+        loaders = [n for n in workflow["nodes"] if n["type"] in MODEL_LOADERS]
+        assert sorted(n["type"] for n in loaders) == sorted(want), path.name
+        for loader in loaders:
+            file, folder = want[loader["type"]]
+            assert loader["widgets_values"][0] == file, (path.name, loader["type"])
+            assert [m["name"] for m in loader["properties"]["models"]] == [file], (path.name, loader["type"])
+            assert all(m["url"].startswith("https://huggingface.co/") and m["url"].split("?")[0].endswith("/" + file)
+                       and m["directory"] == folder for m in loader["properties"]["models"]), (path.name, loader["type"])
+        if path.stem == "qwen_image_word_swap":
+            clip = next(n for n in loaders if n["type"] == "CLIPLoader")
+            assert clip["widgets_values"][1] == "qwen_image"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -624,14 +634,39 @@ def test_word_helper_in_headless_chromium(browser, comfy_server, tiny_checkpoint
 # Every example workflow in the frontend, as a new user meets it
 # ------------------------------------------------------------------------------------------------------------
 EXAMPLE_DIR = REPO_ROOT / "example_workflows"
-#: The README's order (the template browser shows them so: js/nulltext_p2p.js). The SDXL one comes last.
+#: The README's order (the template browser shows them so: js/nulltext_p2p.js); SD3.5 and Qwen-Image come last.
 TEMPLATE_ORDER = ["invert_and_reconstruct", "word_swap", "refine", "reweight", "invert_once_edit_many", "sdxl_word_swap",
-                  "masked_edit"]
+                  "masked_edit", "sd35_word_swap", "qwen_image_word_swap"]
 EXAMPLE_IMAGE = "nulltext_p2p_example.png"
 #: What is not run, and why (everything else about it is checked: loading, layout, helper, search, missing model).
 NOT_RUN = {"sdxl_word_swap": "it needs an SDXL checkpoint; the tiny SDXL model of tests/tiny_sdxl.py is built in-process "
-                             "and is not a file the server can load (tests/test_sdxl.py runs the SDXL graph in-process)"}
+                             "and is not a file the server can load (tests/test_sdxl.py runs the SDXL graph in-process)",
+           "sd35_word_swap": "it needs an SD3.5 checkpoint; the tiny SD3 model of tests/tiny_sd3.py is built in-process "
+                             "and is not a file the server can load (tests/test_example_workflows.py runs this example "
+                             "in-process with it in place of the loader)",
+           "qwen_image_word_swap": "it needs the Qwen-Image diffusion model, text encoder and VAE files; the tiny "
+                                   "Qwen-Image model of tests/tiny_qwen_image.py is built in-process and is not a file "
+                                   "the server can load (tests/test_example_workflows.py runs this example in-process "
+                                   "with it in place of the loaders)"}
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+SD35_CHECKPOINT = "sd3.5_large_fp8_scaled.safetensors"
+#: The files of the Qwen-Image example, as ComfyUI's own Qwen-Image template names them: loader -> (file, folder).
+QWEN_IMAGE_FILES = {"UNETLoader": ("qwen_image_fp8_e4m3fn.safetensors", "diffusion_models"),
+                    "CLIPLoader": ("qwen_2.5_vl_7b_fp8_scaled.safetensors", "text_encoders"),
+                    "VAELoader": ("qwen_image_vae.safetensors", "vae")}
+#: Every example's model files: loader -> (file, folder). The server has only the SD 1.5 name (the tiny checkpoint).
+EXAMPLE_MODEL_FILES = {"sdxl_word_swap": {"CheckpointLoaderSimple": (SDXL_CHECKPOINT, "checkpoints")},
+                       "sd35_word_swap": {"CheckpointLoaderSimple": (SD35_CHECKPOINT, "checkpoints")},
+                       "qwen_image_word_swap": QWEN_IMAGE_FILES}
+SD15_FILES = {"CheckpointLoaderSimple": (SD15_CHECKPOINT, "checkpoints")}
+MODEL_LOADERS = ("CheckpointLoaderSimple", "UNETLoader", "CLIPLoader", "VAELoader")
+
+
+def missing_on_load(name: str) -> list[str]:
+    """The model files the frontend must report missing when the example is opened (the server has no such file)."""
+    return sorted(f for f, _ in EXAMPLE_MODEL_FILES.get(name, {}).values())
+
+
 #: Kept cheap: the tiny model at 64x64 px (8x8 latents), 2 DDIM steps, 1 inner step; everything else as the file says.
 RUN_SIZE, RUN_STEPS, RUN_INNER = 64, 2, 1
 RUN_TIMEOUT = 300  # s per run (the first loads the 500 MB tiny checkpoint; later runs reuse the server's caches)
@@ -683,7 +718,11 @@ window.ntpEx = {
     await app.loadGraphData(json, true, true, name);  // what the template browser does
     await this.frames(20);
     await this.sleep(1500);
-    return { dialogs: this.dialogs(), text: document.body.innerText };
+    // frontend 1.49 keeps the missing model files in a store (several are shown as "N errors found", without names);
+    // 1.27 lists them in a dialog (the text)
+    const mm = this.store("missingModel");
+    const missing = mm ? [...new Set((mm.missingModelCandidates ?? []).map((m) => m.name))] : null;
+    return { dialogs: this.dialogs(), text: document.body.innerText, missing };
   },
   node(id) { return app.graph.getNodeById(id); },
   layout() {
@@ -909,7 +948,11 @@ async def _drive_examples(ws_url: str, base_url: str, shots: Path, report: dict)
                 report["examples"].append(ex)
                 loaded = await cdp.js(f"ntpEx.load({json.dumps(PACK_DIR_NAME)}, {json.dumps(name)})", timeout=60)
                 text = loaded["text"]
-                ex["missing_models"] = [m for m in (SDXL_CHECKPOINT, SD15_CHECKPOINT) if m in text and "issing" in text]
+                every_file = {f for files in [SD15_FILES, *EXAMPLE_MODEL_FILES.values()] for f, _ in files.values()}
+                if loaded.get("missing") is not None:
+                    ex["missing_models"] = sorted(loaded["missing"])
+                else:
+                    ex["missing_models"] = sorted(m for m in every_file if m in text and "issing" in text)
                 ex["dialogs"] = loaded["dialogs"]
                 await cdp.js("ntpEx.closeDialogs()")
                 ex["layout_loaded"] = await cdp.js("ntpEx.layout()")
@@ -982,9 +1025,9 @@ def test_example_workflows_in_the_frontend(browser, comfy_server, comfy_base, ho
     tiny model (few steps, 64 px), looked at. Checked from the page: no node overlaps another and each lies inside
     its group (after loading, after the run and after typing a caption), group titles readable, the word helper
     shows the linked caption's words (also after typing a new one), Null-Text Optimize and Reconstruction Check
-    show their text after the run, the SDXL checkpoint is reported missing on load, every pack node is found by the
-    pack's name, help pages open without a 404, no pack console errors or failed requests. NOT run:
-    sdxl_word_swap (see NOT_RUN)."""
+    show their text after the run, the SDXL and SD3.5 checkpoints and the Qwen-Image files are reported missing on
+    load, every pack node is found by the pack's name, help pages open without a 404, no pack console errors or
+    failed requests. NOT run: sdxl_word_swap, sd35_word_swap, qwen_image_word_swap (see NOT_RUN)."""
     shots = _screens_dir() / f"comfyui-{host.version}"
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)
@@ -1012,7 +1055,7 @@ def test_example_workflows_in_the_frontend(browser, comfy_server, comfy_base, ho
     for ex in report["examples"]:
         name = ex["name"]
         print(f"--- {name}: {ex.get('run', {}).get('seconds', 'not run')} s; missing models {ex['missing_models']}")
-        want_missing = [SDXL_CHECKPOINT] if name == "sdxl_word_swap" else []
+        want_missing = missing_on_load(name)
         if ex["missing_models"] != want_missing:
             problems.append(f"{name}: models reported missing on load {ex['missing_models']}, expected {want_missing}")
         if ex["load_image"] != [EXAMPLE_IMAGE, 512]:
