@@ -272,7 +272,12 @@ def test_build_is_deterministic(host, tiny_checkpoint_path):
     saved = safetensors.torch.load_file(tiny_checkpoint_path)
     again = tm.build_state_dict(seed=0)
     assert set(again) == set(saved)
-    assert all(torch.equal(again[k], saved[k]) for k in saved)
+    # The TAESD's last encoder and decoder convolutions are rescaled from statistics of its own float32 convolutions
+    # (build_taesd_state_dict); the CPU kernels' rounding can depend on where the tensors sit in memory, so two
+    # builds in one process may differ there in the last bits (seen: 3e-6 relative). Everything else is drawn.
+    calibrated = {k for k in saved if k.startswith(("first_stage_model.taesd_encoder.14.", "first_stage_model.taesd_decoder.19."))}
+    assert all(torch.equal(again[k], saved[k]) for k in saved if k not in calibrated)
+    assert all(torch.allclose(again[k], saved[k], rtol=1e-5, atol=1e-6) for k in calibrated)
     other = tm.build_unet(seed=1).state_dict()
     w = "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
     assert not torch.equal(other[w], saved["model.diffusion_model." + w])
