@@ -136,13 +136,8 @@ class AttentionMapStore:
     def record(self, probs: torch.Tensor, extra_options: dict) -> None:
         """Add one layer's maps ``probs`` [n_prompts, heads, Q, tokens]."""
         shape = extra_options.get("activations_shape")
-        summed = probs.sum(dim=1).detach().to("cpu", torch.float32)  # sum over heads: [n, Q, K]
-        if self.map_sum is None or self.map_sum.shape != summed.shape:
-            self.map_sum = torch.zeros_like(summed)
-            if shape is not None:
-                self.map_hw = (int(shape[2]), int(shape[3]))
-        self.map_sum += summed
-        self.map_count += probs.shape[1]
+        hw = (int(shape[2]), int(shape[3])) if shape is not None else self.map_hw
+        self.record_sum(probs.sum(dim=1), probs.shape[1], hw)  # sum over heads: [n, Q, K]
 
     def record_sum(self, summed: torch.Tensor, heads: int, hw: tuple[int, int]) -> None:
         """Add maps already summed over ``heads`` heads, [n_prompts, Q, tokens] for a ``hw`` grid of queries."""

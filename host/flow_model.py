@@ -1,5 +1,5 @@
 """Flow-matching transformers (SD3/SD3.5, Qwen-Image) through the host's ``apply_model``: the velocity, the host's
-sigmas, gradient checkpointing of the transformer blocks.
+sigmas, the model's latent layout.
 
 The host's flow models (``model_sampling`` CONST) take ``x_sigma`` as it is and return ``denoised = x - sigma v``,
 so the velocity is ``(x - denoised) / sigma``; patches, wrappers and LoRA upstream apply as for SD.
@@ -7,11 +7,9 @@ so the velocity is ``(x - denoised) / sigma``; patches, wrappers and LoRA upstre
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
-import torch.utils.checkpoint
 
 import comfy.model_sampling
 import comfy.samplers
@@ -50,30 +48,6 @@ class FlowUNet(HostUNet):
 
     def _y(self, pooled: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return pooled.to(self.device, torch.float32)
-
-
-@contextlib.contextmanager
-def recomputed_blocks(blocks: list[torch.nn.Module]) -> Iterator[int]:
-    """Gradient checkpointing of ``blocks`` while open (the transformer blocks of a flow model; ``memory_saving``):
-    under autograd a block keeps its inputs only and is recomputed in the backward pass. Same arithmetic, the same
-    result; forwards without gradients run as usual. Restored on exit. Yields the number of blocks."""
-
-    def recomputed(module: torch.nn.Module):
-        plain = type(module).forward.__get__(module)
-
-        def forward(*args, **kwargs):
-            if not torch.is_grad_enabled():
-                return plain(*args, **kwargs)
-            return torch.utils.checkpoint.checkpoint(plain, *args, use_reentrant=False, **kwargs)
-        return forward
-
-    try:
-        for m in blocks:
-            m.forward = recomputed(m)
-        yield len(blocks)
-    finally:
-        for m in blocks:
-            m.__dict__.pop("forward", None)
 
 
 def with_model_frame_axis(patcher, samples: torch.Tensor) -> torch.Tensor:

@@ -107,26 +107,20 @@ def grad_capable_weights(patcher) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def recomputed_transformers(diffusion_model: torch.nn.Module, enabled: bool = True) -> Iterator[int]:
-    """Gradient checkpointing of every ``SpatialTransformer`` of the UNet while the block is open.
-
-    Under autograd each transformer keeps only its input; its attention and feed-forward activations are
-    recomputed during the backward pass (``torch.utils.checkpoint``, non-reentrant). The arithmetic is the same,
-    so results are unchanged; the backward costs about one more transformer forward. Forwards without gradients
-    run as usual. The modules are restored on exit (also on errors and Cancel). Yields the number of blocks.
-    """
-    from comfy.ldm.modules.attention import SpatialTransformer
-
-    blocks = [m for m in diffusion_model.modules() if isinstance(m, SpatialTransformer)] if enabled else []
+def recomputed_blocks(blocks: list[torch.nn.Module]) -> Iterator[int]:
+    """Gradient checkpointing of ``blocks`` while open (``memory_saving``): under autograd a block keeps only its
+    inputs and is recomputed in the backward pass (``torch.utils.checkpoint``, non-reentrant). The arithmetic is the
+    same, so results are unchanged; the backward costs about one more forward of the block. Forwards without
+    gradients run as usual. The modules are restored on exit (also on errors and Cancel). Yields the number of
+    blocks."""
 
     def recomputed(module: torch.nn.Module):
         plain = type(module).forward.__get__(module)
 
-        def forward(x, context=None, transformer_options={}):
+        def forward(*args, **kwargs):
             if not torch.is_grad_enabled():
-                return plain(x, context=context, transformer_options=transformer_options)
-            return torch.utils.checkpoint.checkpoint(plain, x, context=context, transformer_options=transformer_options,
-                                                     use_reentrant=False)
+                return plain(*args, **kwargs)
+            return torch.utils.checkpoint.checkpoint(plain, *args, use_reentrant=False, **kwargs)
         return forward
 
     try:
@@ -136,6 +130,13 @@ def recomputed_transformers(diffusion_model: torch.nn.Module, enabled: bool = Tr
     finally:
         for m in blocks:
             m.__dict__.pop("forward", None)
+
+
+def recomputed_transformers(diffusion_model: torch.nn.Module, enabled: bool = True):
+    """:func:`recomputed_blocks` on every ``SpatialTransformer`` of the UNet (none when not ``enabled``)."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    return recomputed_blocks([m for m in diffusion_model.modules() if isinstance(m, SpatialTransformer)] if enabled else [])
 
 
 class HostUNet:

@@ -112,3 +112,23 @@ def control_for(clip, target: str, source: str = "a cat sitting on a table", **k
                 blend_threshold=0.3, blend_start=0.2)
     args.update(kw)
     return build_control(clip, source, target, **args)
+
+
+def tiny_loader_node(build, doc: str) -> type:
+    """A test-only loader node class: ``seed`` -> the MODEL, CLIP and VAE of ``build(seed=seed)`` (the tiny models are
+    built in-process; the host's loaders cannot detect them)."""
+
+    class TinyLoader:
+        __doc__ = doc
+        RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+        FUNCTION = "load"
+        CATEGORY = "testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 100})}}
+
+        def load(self, seed):
+            return tuple(build(seed=seed))
+
+    return TinyLoader

@@ -184,6 +184,18 @@ def tensors_in(value):
             yield from tensors_in(v)
 
 
+def assert_outputs_finite(result) -> None:
+    """Every floating-point tensor the run's nodes produced (latents, images, embeddings) is finite, and there are
+    some."""
+    checked = 0
+    for nid in result.prompt:
+        for tensor in tensors_in(result.node_outputs(nid)):
+            if tensor.is_floating_point():
+                assert bool(tensor.isfinite().all()), f"non-finite output of node {nid} {result.prompt[nid]['_meta']}"
+                checked += 1
+    assert checked > 0
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_is_a_self_explaining_ui_workflow(path, runner_host):
     from nulltext_p2p.runner.convert import workflow_to_prompt
@@ -283,14 +295,7 @@ def test_example_runs_headless(path, runner_host, tiny_checkpoint_name, source_p
             lo, hi = img.convert("L").getextrema()
         assert lo == 0 and hi > 0, (lo, hi)
 
-    # every tensor the nodes produced (latents, images, embeddings) is finite
-    checked = 0
-    for nid in result.prompt:
-        for tensor in tensors_in(result.node_outputs(nid)):
-            if tensor.is_floating_point():
-                assert bool(tensor.isfinite().all()), f"non-finite output of node {nid} {result.prompt[nid]['_meta']}"
-                checked += 1
-    assert checked > 0
+    assert_outputs_finite(result)
     print(f"{path.name}: {len(saved)} images in {result.seconds:.1f} s")
 
 
@@ -449,12 +454,6 @@ def test_family_example_runs_on_the_tiny_family_model(name, request, runner_host
 
     sigmas = comfy.samplers.calculate_sigmas(patched.get_model_object("model_sampling"), "simple", family.default_steps)
     assert torch.allclose(inversion.schedule.sigmas(), sigmas.float(), atol=1e-6)
-    checked = 0
-    for nid in result.prompt:
-        for tensor in tensors_in(result.node_outputs(nid)):
-            if tensor.is_floating_point():
-                assert bool(tensor.isfinite().all()), f"non-finite output of node {nid} {result.prompt[nid]['_meta']}"
-                checked += 1
-    assert checked > 0
+    assert_outputs_finite(result)
     print(f"{name}: {family_name} tiny model, {inversion.schedule.steps} steps, {len(saved)} images in "
           f"{result.seconds:.1f} s")

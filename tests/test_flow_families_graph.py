@@ -25,7 +25,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ServerStub, control_for, edit_graph, encode, image_latent, make_test_image
+from helpers import ServerStub, control_for, edit_graph, encode, image_latent, make_test_image, tiny_loader_node
+from tiny_qwen_image import build_tiny_qwen_image
+from tiny_sd3 import build_tiny_sd3
 
 pytestmark = pytest.mark.host
 
@@ -46,40 +48,10 @@ FAST_NODE = "Null-text P2P: Fast Inversion"
 # ------------------------------------------------------------------------------------------------------------------
 # Test-only loader nodes (the host's checkpoint loader cannot detect the tiny models)
 # ------------------------------------------------------------------------------------------------------------------
-class TinySD3Loader:
-    """Test-only loader node: the tiny SD3-layout MODEL/CLIP/VAE."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 100})}}
-
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, seed):
-        from tiny_sd3 import build_tiny_sd3
-
-        return build_tiny_sd3(seed=seed)
-
-
-class TinyQwenImageLoader:
-    """Test-only loader node: the tiny Qwen-Image-layout MODEL/CLIP/VAE."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 100})}}
-
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, seed):
-        from tiny_qwen_image import build_tiny_qwen_image
-
-        model, clip, vae = build_tiny_qwen_image(seed=seed)
-        return model, clip, vae  # 0.3.64: a 16-channel TAESD with 4-D latents; DDIM Invert adds the frame axis
-
+TinySD3Loader = tiny_loader_node(build_tiny_sd3, "Test-only loader node: the tiny SD3-layout MODEL/CLIP/VAE.")
+TinyQwenImageLoader = tiny_loader_node(
+    build_tiny_qwen_image, "Test-only loader node: the tiny Qwen-Image-layout MODEL/CLIP/VAE (0.3.64: a 16-channel "
+    "TAESD with 4-D latents; DDIM Invert adds the frame axis).")
 
 LOADERS = {"SD3": ("NTPTest_TinySD3Loader", TinySD3Loader),
            "Qwen-Image": ("NTPTest_TinyQwenImageLoader", TinyQwenImageLoader)}

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from nulltext_p2p.host.compat import new_prompt_executor
-from helpers import ServerStub, blend_regions, control_for, edit_graph, encode, image_latent, make_test_image, mse
+from helpers import (ServerStub, blend_regions, control_for, edit_graph, encode, image_latent, make_test_image, mse,
+                     tiny_loader_node)
+from tiny_sdxl import build_tiny_sdxl
 
 pytestmark = pytest.mark.host
 
@@ -204,8 +206,6 @@ def test_fast_modes_on_sdxl(sdxl):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_sdxl_in_half_precision_is_finite(host, dtype):
-    from tiny_sdxl import build_tiny_sdxl
-
     from nulltext_p2p.nodes.ddim_invert import run_inversion
     from nulltext_p2p.nodes.edited_sample import run_edit
     from nulltext_p2p.nodes.null_text_optimize import run_null_text
@@ -222,21 +222,7 @@ def test_sdxl_in_half_precision_is_finite(host, dtype):
     print(f"SDXL {dtype}: null-text latent MSE {mse(final, inv.latents[0]):.4f}")
 
 
-class TinySDXLLoader:
-    """Test-only loader node: the tiny SDXL-layout MODEL/CLIP/VAE (the host's loader cannot detect it)."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 100})}}
-
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, seed):
-        from tiny_sdxl import build_tiny_sdxl
-
-        return build_tiny_sdxl(seed=seed)
+TinySDXLLoader = tiny_loader_node(build_tiny_sdxl, "Test-only loader node: the tiny SDXL-layout MODEL/CLIP/VAE.")
 
 
 def test_sdxl_graph_runs_through_the_execution_engine(host, tmp_path):

@@ -11,10 +11,10 @@ import torch
 from ...core.flow import FlowSchedule
 from ..compat import pure_torch_rope
 from ..errors import NodeInputError
-from ..flow_model import FlowUNet, flow_schedule, latent_cells, recomputed_blocks
+from ..flow_model import FlowUNet, flow_schedule, latent_cells
 from ..joint_attention import OVERRIDE_KEY, JointAttentionPatch
 from ..text_condition import conditioning_tensor, pack, to_conditioning
-from ..unet import grad_capable_weights
+from ..unet import grad_capable_weights, recomputed_blocks
 from .base import EditPatch, nested
 
 
