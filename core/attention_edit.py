@@ -269,7 +269,8 @@ def _set_window(alpha: torch.Tensor, window: tuple[float, float], edit: int, pos
     alpha[end:, edit, cols] = 0
 
 
-def _segment_pairs(source, target) -> list[tuple[int, PromptTokens, PromptTokens]]:
+def _segment_pairs(source: PromptTokens | PromptLayout,
+                   target: PromptTokens | PromptLayout) -> list[tuple[int, PromptTokens, PromptTokens]]:
     """``(offset, source segment, target segment)`` of two prompts laid out alike (``core.prompt_tokens``)."""
     src, tgt = segments_of(source), segments_of(target)
     if [(o, p.max_len) for o, p in src] != [(o, p.max_len) for o, p in tgt]:

@@ -139,12 +139,7 @@ class JointAttentionPatch(SharedOnClone):
             for p, r in enumerate(range(rows.start, rows.stop)):
                 n = self.text_lengths[p] if p < len(self.text_lengths) else self.text_len
                 pad[r, ..., text_start + n:text_start + self.text_len] = low
-        mask = call.mask
-        if mask is None:
-            return pad
-        while mask.ndim < 4:
-            mask = mask.unsqueeze(1) if mask.ndim == 3 else mask.unsqueeze(0)
-        return mask + pad
+        return pad if call.mask is None else _four_dims(call.mask) + pad
 
     def _attend(self, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         if self.upstream is not None:
@@ -194,13 +189,20 @@ class JointAttentionPatch(SharedOnClone):
         return out
 
 
+def _four_dims(mask: torch.Tensor) -> torch.Tensor:
+    """An additive mask as the host's kernels broadcast it: (B, H|1, Q|1, N) (a 3-D mask gains the heads axis, a 2-D
+    one the batch axis first)."""
+    while mask.ndim < 4:
+        mask = mask.unsqueeze(1) if mask.ndim == 3 else mask.unsqueeze(0)
+    return mask
+
+
 def _mask_block(mask: Optional[torch.Tensor], rows: slice, batch: int, hs: slice, queries: slice) -> Optional[torch.Tensor]:
     """The part of an additive mask (any of the host's shapes: (N,), (B, N), (B, 1, N), (B, H|1, Q|1, N)) for
     ``rows`` x ``hs`` x ``queries``."""
     if mask is None:
         return None
-    while mask.ndim < 4:
-        mask = mask.unsqueeze(1) if mask.ndim == 3 else mask.unsqueeze(0)
+    mask = _four_dims(mask)
     mask = mask[rows] if mask.shape[0] == batch else mask
     mask = mask[:, hs] if mask.shape[1] > 1 else mask
     return mask[:, :, queries] if mask.shape[2] > 1 else mask

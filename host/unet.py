@@ -22,7 +22,6 @@ import comfy.model_sampling
 import comfy.patcher_extension
 
 from .compat import InferenceTensorsCloned, is_dynamic_patcher
-from .errors import NodeInputError
 from .text_condition import pooled_dim, unpack
 
 
