@@ -253,6 +253,34 @@ def test_refine_with_an_added_word(fam):
     assert torch.isfinite(out).all() and mse(out[1], out[0]) > 1e-5
 
 
+def test_another_nodes_attention_override_stays_in_effect(fam):
+    """An ``optimized_attention_override`` another node put on the MODEL (here: scales every attention output by 0.9)
+    still acts inside Edited Sample, the pack's hook wraps it (identical prompts still give exactly the
+    reconstruction), and the input MODEL keeps it untouched."""
+    from nulltext_p2p.nodes.edited_sample import run_edit
+
+    calls = []
+
+    def upstream(func, *args, **kwargs):
+        calls.append(1)
+        return func(*args, **kwargs) * 0.9
+
+    model = fam.model.clone()
+    model.model_options["transformer_options"] = dict(model.model_options.get("transformer_options", {}),
+                                                      optimized_attention_override=upstream)
+    control, _, tgt = control_for(fam.clip, SOURCE)
+    with torch.inference_mode():
+        plain, _ = run_edit(fam.model, fam.inv, fam.value, fam.source, None, None, fam.guidance, preview=False)
+        recon, _ = run_edit(model, fam.inv, fam.value, fam.source, None, None, fam.guidance, preview=False)
+        n = len(calls)
+        out, _ = run_edit(model, fam.inv, fam.value, fam.source, tgt, control, fam.guidance, preview=False)
+    assert n > 0 and len(calls) > n
+    assert float((recon[0] - plain[0]).abs().max()) > 1e-3  # the override acted
+    assert torch.equal(out[1], out[0])
+    assert float((out[0] - recon[0]).abs().max()) <= 1e-5 * float(recon.abs().max())
+    assert model.model_options["transformer_options"]["optimized_attention_override"] is upstream
+
+
 def test_the_hook_with_no_edit_is_the_unpatched_model(fam):
     """The joint-attention override installed with no edit (recording maps only) gives the model's output bit for
     bit; so does an edit outside its windows (cross and self replace 0)."""
