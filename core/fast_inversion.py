@@ -36,7 +36,9 @@ def direct_inversion_offsets(
 
     The source branch starts on the trajectory and, with the offset added after every step, stays on it. The two
     predictions of a step are independent (same latent, two contexts): with ``eps_pair_fn`` they come from one
-    call, otherwise from ``eps_uncond_fn`` (default ``eps_fn``) and ``eps_fn``.
+    call, otherwise from ``eps_uncond_fn`` (default ``eps_fn``) and ``eps_fn``. At guidance 1 the guided prediction
+    is the conditional one, which is all that is evaluated (as the host's samplers skip the unconditional branch at
+    CFG 1; guidance-distilled models such as Flux-dev have none).
     """
     eps_u_fn = eps_fn if eps_uncond_fn is None else eps_uncond_fn
     steps = schedule.steps
@@ -44,11 +46,12 @@ def direct_inversion_offsets(
     for i in range(steps):
         t = schedule.model_level(i)
         x = trajectory[steps - i]
-        if eps_pair_fn is not None:
-            eps_u, eps_c = eps_pair_fn(x, t, null, cond)
+        if guidance == 1.0:
+            eps = eps_fn(x, t, cond)
+        elif eps_pair_fn is not None:
+            eps = guided_eps(*eps_pair_fn(x, t, null, cond), guidance)
         else:
-            eps_u, eps_c = eps_u_fn(x, t, null), eps_fn(x, t, cond)
-        eps = guided_eps(eps_u, eps_c, guidance)
+            eps = guided_eps(eps_u_fn(x, t, null), eps_fn(x, t, cond), guidance)
         landed = schedule.step(x, eps, i)
         offsets.append(trajectory[steps - 1 - i] - landed)
         if on_step is not None:

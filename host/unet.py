@@ -198,6 +198,11 @@ class HostUNet:
         """The model's ``y`` input for pooled text vectors (SDXL: the ADM vector)."""
         return self.adm(pooled, x)
 
+    def _extra_inputs(self, pooled: Optional[torch.Tensor], x: torch.Tensor) -> dict:
+        """The model inputs besides the context made from the packed row's part ``pooled`` ([B, pooled_dim], None
+        without one): ``y`` here."""
+        return {} if pooled is None else {"y": self._y(pooled, x)}
+
     def _denoise(self, x: torch.Tensor, sigma_f: float, ctx: torch.Tensor, pooled: Optional[torch.Tensor],
                  cond_or_uncond: list[int]) -> torch.Tensor:
         """One ``apply_model`` call on the batch ``x`` (float32 on the device) -> the prediction (float32):
@@ -210,8 +215,9 @@ class HostUNet:
         if ctx.shape[0] != b:
             ctx = ctx.expand(b, *ctx.shape[1:])
         c = {"c_crossattn": ctx, "transformer_options": self._transformer_options(sigma, list(cond_or_uncond))}
-        if pooled is not None:
-            c["y"] = self._y(pooled.expand(b, -1) if pooled.shape[0] != b else pooled, x)
+        if pooled is not None and pooled.shape[0] != b:
+            pooled = pooled.expand(b, -1)
+        c.update(self._extra_inputs(pooled, x))
         wrapper = self.model_options.get("model_function_wrapper")
         self.calls += 1
         if wrapper is not None:

@@ -9,9 +9,9 @@ tokens of all words must join up to the stream of the whole prompt, and every we
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
-from ..core.prompt_tokens import PromptError, split_prompt
+from ..core.prompt_tokens import PromptError, PromptTokens, split_prompt
 
 Stream = Callable[[str], list[int]]
 SYNTAX = ("the prompt uses syntax that cannot be mapped to words (weights like '(word:1.2)', embeddings or escapes); "
@@ -44,3 +44,21 @@ def word_tokens(stream: Stream, text: str) -> tuple[tuple[str, ...], tuple[tuple
     if [t for w in per_word for t in w] != stream(" ".join(words)) or stream(text) != stream(" ".join(words)):
         raise PromptError(SYNTAX)
     return words, tuple(per_word)
+
+
+#: T5's end-of-text token (the host's T5 tokenizers: no start token; padding after the end token).
+T5_EOS = 1
+
+
+def t5_ids(clip, text: str, key: str = "t5xxl") -> list[int]:
+    """The real T5 tokens of ``text`` (no end token, no padding) in the CLIP's ``key`` tokenizer."""
+    ids = plain_ids(clip.tokenize(text)[key][0])
+    return ids[: ids.index(T5_EOS)] if T5_EOS in ids else ids
+
+
+def t5_prompt_tokens(clip, text: str, max_len: Optional[int] = None, key: str = "t5xxl") -> PromptTokens:
+    """The words of ``text`` at T5 positions 0.. (no start token), the end token after them, then padding:
+    ``max_len`` positions (None: as many as the tokenizer gives, its padding included)."""
+    words, per_word = word_tokens(lambda t: t5_ids(clip, t, key), text)
+    length = len(clip.tokenize(text)[key][0]) if max_len is None else int(max_len)
+    return PromptTokens(" ".join(words), words, per_word, -1, T5_EOS, max_len=length, prefix=(), suffix=(T5_EOS,))

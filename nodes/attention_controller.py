@@ -145,7 +145,7 @@ class AttentionController(io.ComfyNode):
                         "what the changed words describe changes. Word swap (replace), added words (refine), "
                         "reweighting words and local blend.",
             inputs=[
-                io.Clip.Input("clip", tooltip="The CLIP (text encoder) of the same model (SD 1.x/2.x, SDXL, SD3/SD3.5, Qwen-Image); it tokenises the prompts so words map to tokens."),
+                io.Clip.Input("clip", tooltip="The CLIP (text encoder) of the same model (SD 1.x/2.x, SDXL, SD3/SD3.5, Qwen-Image, Flux, Chroma); it tokenises the prompts so words map to tokens."),
                 io.String.Input("source_prompt", multiline=True, default="a cat sitting on a table", tooltip="The caption of the photo, exactly as used for DDIM Invert."),
                 io.String.Input("target_prompts", multiline=True, default="a tiger sitting on a table", tooltip="The edited caption(s), one per line; each line gives one edit in the output batch."),
                 io.Combo.Input("mode", options=list(MODES), default="replace", tooltip="replace: swap words (same number of words, e.g. cat -> tiger). refine: add or remove words ('a table' -> 'a wooden table')."),

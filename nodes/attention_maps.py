@@ -50,7 +50,7 @@ def make_grid(attention: "EditResult", image: Optional[torch.Tensor], row: int, 
     maps = attention.cross_maps
     if maps is None:
         raise NodeInputError(NODE, "attention", "Edited Sample recorded no cross-attention maps.",
-                             "use a model the pack edits (SD 1.x/2.x, SDXL, SD3/SD3.5, Qwen-Image) and run Edited Sample again.")
+                             "use a model the pack edits (SD 1.x/2.x, SDXL, SD3/SD3.5, Qwen-Image, Flux, Chroma) and run Edited Sample again.")
     n_rows = int(maps.shape[0])
     if not 0 <= row < n_rows:
         rows = "only row 0 (the reconstruction)" if n_rows == 1 else f"rows 0 (reconstruction) to {n_rows - 1}"

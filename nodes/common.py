@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
@@ -81,9 +82,14 @@ def step_progress(total: int) -> Callable[[int], None]:
     return on_step
 
 
-def check_guidance(guidance: float, node: str, fix: str) -> None:
+def check_guidance(guidance: float, node: str, fix: str, family=None) -> None:
+    """Refuse a negative guidance; warn where a guidance-distilled family (Flux-dev) gets classifier-free guidance."""
     if guidance < 0:
         raise NodeInputError(node, "guidance", f"{guidance} is negative.", fix)
+    if family is not None and family.guidance_distilled and guidance != 1.0:
+        logging.warning("[%s] guidance %.3g on a %s model: it is guidance-distilled (no unconditional branch) and is "
+                        "sampled with guidance 1; set its own guidance strength with FluxGuidance on the prompts.",
+                        node, guidance, family.label)
 
 
 def check_inversion(inversion, node: str, input_name: str = "inversion") -> Inversion:

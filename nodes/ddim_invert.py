@@ -64,14 +64,14 @@ class DDIMInvert(io.ComfyNode):
             display_name=NODE,
             **types.search_aliases('inversion', 'invert', 'ddim inversion', 'invert image', 'image to noise'),
             category=f"{types.CATEGORY}/inversion",
-            description="Runs DDIM (flow models: the Euler ODE) backwards from the image latent to noise with the source prompt (guidance 1), "
+            description="Runs DDIM (flow models: the Euler ODE) backwards from the image latent to noise with the source prompt (guidance 1; Flux keeps the prompt's FluxGuidance value), "
                         "keeping every latent of the way: the pivot trajectory that Null-Text Optimize and "
                         "Edited Sample follow.",
             inputs=[
-                io.Model.Input("model", tooltip="An SD 1.x/2.x, SDXL, SD3/SD3.5 or Qwen-Image model (LoRA and other model patches are honoured)."),
+                io.Model.Input("model", tooltip="An SD 1.x/2.x, SDXL, SD3/SD3.5, Qwen-Image, Flux.1-dev or Chroma model (LoRA and other model patches are honoured)."),
                 io.Conditioning.Input("source", tooltip="The source prompt: a caption of the image (CLIP Text Encode), e.g. 'a cat sitting on a table'."),
-                io.Latent.Input("latent", tooltip="The image latent from VAE Encode with the model's VAE (one image; a multiple of 8 px, 16 px for SD3/Qwen-Image)."),
-                io.Int.Input("steps", default=0, min=0, max=1000, tooltip="Inversion steps; 0 = the model's usual count (SD 50 as in the paper, SD3 28, Qwen-Image 30). Null-Text Optimize and Edited Sample use the same schedule."),
+                io.Latent.Input("latent", tooltip="The image latent from VAE Encode with the model's VAE (one image; a multiple of 8 px, 16 px for SD3, Qwen-Image, Flux and Chroma)."),
+                io.Int.Input("steps", default=0, min=0, max=1000, tooltip="Inversion steps; 0 = the model's usual count (SD 50 as in the paper, SD3 28, Qwen-Image 30, Flux 28, Chroma 26). Null-Text Optimize and Edited Sample use the same schedule."),
             ],
             outputs=[
                 types.Inversion.Output("inversion", display_name="inversion", tooltip="The pivot trajectory z_0..z_T with its schedule, for Null-Text Optimize and Edited Sample."),

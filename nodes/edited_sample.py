@@ -22,7 +22,7 @@ from ..host.compat import multigpu_device_count
 from ..host.edit_sampler import WRAPPER_KEY, NullEmbeddingWrapper, ddim_sampler, sample_from_inversion
 from ..host.errors import NodeInputError
 from ..host.families import family_of
-from ..host.text_condition import pack, to_conditioning, unpack
+from ..host.text_condition import pack, unpack
 from ..host.unet import load_model
 from . import types
 from .common import (MODEL_FIX, build_edit, check_finite, check_guidance, check_null_embeddings, checked_source,
@@ -76,6 +76,7 @@ class EditInputs:
     """Edited Sample's inputs after the checks: the prompt rows to sample and the mask to apply."""
 
     family: object  # the model's family (``host.families``)
+    model: object  # the MODEL
     source: torch.Tensor  # the source embedding as the family's ``text_condition`` gives it (packed with a pooled vector)
     source_rows: torch.Tensor  # its token rows [1, tokens, width]
     target: Optional[torch.Tensor]  # the target token rows [n_edits, tokens, width]; None: reconstruction only
@@ -102,7 +103,8 @@ class EditInputs:
 
     def positive(self) -> list:
         """The CONDITIONING of every row: [source, target 1, ...] (padded with zeros to one length where the family
-        pads prompts; their padding is masked in attention)."""
+        pads prompts; their padding is masked in attention). What the source packs after its pooled vector (Flux:
+        the guidance value) is every row's."""
         rows, n = [self.source_rows], self.text_len
         if self.target is not None:
             rows.append(self.target.to(self.source_rows.device, self.source_rows.dtype))
@@ -113,7 +115,10 @@ class EditInputs:
             pooled = unpack(self.source, self.pooled_dim)[1]
             if self.target_pooled is not None:
                 pooled = torch.cat([pooled, self.target_pooled.to(pooled.device, pooled.dtype)])
-        return to_conditioning(pack(tokens, pooled, self.pooled_dim), self.pooled_dim)
+        packed = pack(tokens, pooled, self.pooled_dim)
+        if self.pooled_dim:
+            packed[:, -1, self.pooled_dim:] = self.source[:, -1, self.pooled_dim:].to(packed.dtype)
+        return self.family.to_conditioning(packed, self.model)
 
 
 def check_target(target, src: torch.Tensor, dim: int, pads: bool,
@@ -170,7 +175,7 @@ def check_edit_inputs(model, inversion: Inversion, null: NullEmbeddings, source,
     dim = family.pooled_width(model)
     src = unpack(src_packed, dim)[0]  # the token rows
     check_null_embeddings(null, inversion, node)
-    check_guidance(guidance, node, "use the guidance of Null-Text Optimize (7.5).")
+    check_guidance(guidance, node, "use the guidance of Null-Text Optimize or Fast Inversion (7.5; Flux 1).", family)
     if not math.isclose(guidance, null.guidance, rel_tol=1e-6):
         logging.warning("[%s] guidance %.3g differs from the %.3g the null embeddings were optimised for: the "
                         "reconstruction will not match the photo.", node, guidance, null.guidance)
@@ -182,7 +187,7 @@ def check_edit_inputs(model, inversion: Inversion, null: NullEmbeddings, source,
                              "connect the model without the MultiGPU node to Edited Sample.")
     n_edits = 0 if tgt is None else tgt.shape[0]
     latent_hw = (int(inversion.x_T.shape[-2]), int(inversion.x_T.shape[-1]))
-    return EditInputs(family=family, source=src_packed, source_rows=src, target=tgt, target_pooled=tgt_pooled,
+    return EditInputs(family=family, model=model, source=src_packed, source_rows=src, target=tgt, target_pooled=tgt_pooled,
                       pooled_dim=dim, user_mask=user_mask(mask, mask_combine, n_edits, latent_hw, node),
                       target_lengths=lengths)
 
@@ -258,7 +263,7 @@ def sample_edit(patcher, inversion: Inversion, null: NullEmbeddings, inputs: Edi
                 after_step: AfterStep, preview: bool) -> torch.Tensor:
     """Every row sampled from x_T with the patched model (the hook only where it changes something)."""
     positive = inputs.positive()
-    negative = to_conditioning(null.embeddings[0].clone(), inputs.pooled_dim)
+    negative = inputs.family.to_conditioning(null.embeddings[0].clone(), inputs.model)
     x_T = inversion.x_T.repeat(inputs.n_prompts, *([1] * (inversion.x_T.ndim - 1)))
     schedule = inversion.schedule
     callback = latent_preview.prepare_callback(patcher, schedule.steps) if preview else None
@@ -304,7 +309,7 @@ class EditedSample(io.ComfyNode):
                 types.Inversion.Input("inversion", tooltip="The 'inversion' output of DDIM Invert (x_T and the schedule)."),
                 types.NullEmbeddings.Input("null_embeddings", tooltip="The per-step null embeddings of Null-Text Optimize for this inversion."),
                 io.Conditioning.Input("source", tooltip="The source prompt CONDITIONING used for inversion."),
-                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Guidance scale; use the one the null embeddings were optimised with (SD 7.5, SD3.5 4.5, Qwen-Image 4)."),
+                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Guidance scale; use the one the null embeddings were optimised with (SD 7.5, SD3.5 4.5, Qwen-Image 4, Chroma 4; Flux-dev 1 with Fast Inversion's direct-inversion)."),
                 io.Conditioning.Input("target", optional=True, tooltip="The Attention Controller's target CONDITIONING (one row per edit). Without it only the reconstruction is made."),
                 types.AttentionControl.Input("control", optional=True, tooltip="The Attention Controller's control. Without it the targets are sampled without attention control (a naive edit)."),
                 io.Mask.Input("mask", optional=True, tooltip="Optional MASK confining the edits: where it is 0 each edit keeps the reconstruction, where it is 1 the edit. One for every edit or one per target prompt, any size (see the help page)."),

@@ -31,7 +31,7 @@ def run_fast_inversion(model, source, null, inversion: Inversion, method: str, g
     family = family_of(model, node)
     if method not in METHODS:
         raise NodeInputError(node, "method", f"unknown method '{method}'.", f"choose one of {', '.join(METHODS)}.")
-    check_guidance(guidance, node, "use the guidance you will edit with (7.5).")
+    check_guidance(guidance, node, "use the guidance you will edit with (7.5; Flux 1).", family)
     load_model(model)
     schedule = inversion.schedule
     unet = family.unet(model, schedule)
@@ -81,7 +81,7 @@ class FastInversion(io.ComfyNode):
                 io.Conditioning.Input("null", tooltip="CLIP Text Encode of \"\" (used by direct-inversion; ignored by negative-prompt)."),
                 types.Inversion.Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),
                 io.Combo.Input("method", options=METHODS, default="direct-inversion", tooltip="negative-prompt: fastest, slightly worse reconstruction. direct-inversion: exact reconstruction of the source row, edits as good as null-text on PIE-Bench."),
-                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="The guidance you will edit with (SD 7.5, SD3.5 4.5, Qwen-Image 4). Direct Inversion's offsets are computed for it."),
+                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="The guidance you will edit with (SD 7.5, SD3.5 4.5, Qwen-Image 4, Chroma 4; Flux-dev 1: it has no unconditional branch). Direct Inversion's offsets are computed for it."),
             ],
             outputs=[
                 types.NullEmbeddings.Output("null_embeddings", display_name="null_embeddings", tooltip="Per-step values for Edited Sample (same type as Null-Text Optimize's)."),

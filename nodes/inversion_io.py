@@ -305,8 +305,8 @@ class LoadInversion(io.ComfyNode):
         text += [f"WARNING: {m}" for m in warnings]
         family = family_named(inv.model_family)
         same = family is not None and family.accepts(model) and family.name_of(model) == inv.model_family
-        dim = family.pooled_width(model) if same else 0  # the file's context is packed where its model's was
-        source = to_conditioning(inv.source_context.clone(), dim)
+        # the file's context is packed as its family packs it (a pooled vector, Flux's guidance)
+        source = family.to_conditioning(inv.source_context.clone(), model) if same else to_conditioning(inv.source_context.clone(), 0)
         return io.NodeOutput(inv, null, source, loaded.source_prompt, ui={"text": ["\n".join(text)]})
 
     @classmethod

@@ -29,8 +29,10 @@ def run_null_text(model, source, null, inversion: Inversion, guidance: float, in
 
     ``null_start``: what the optimisation starts from: "null" (the 'null' input, the reference), "source" (the
     source prompt's embedding, the negative-prompt-inversion point) or "auto" (the family's choice)."""
-    cond = checked_source(model, inversion, source, node)
     family = family_of(model, node)
+    if family.null_text_refusal is not None:
+        raise NodeInputError(node, "model", *family.null_text_refusal)
+    cond = checked_source(model, inversion, source, node)
     if null_start not in NULL_STARTS:
         raise NodeInputError(node, "null_start", f"unknown value {null_start!r}.", f"choose one of {', '.join(NULL_STARTS)}.")
     start = family.null_start if null_start == "auto" else null_start
@@ -97,11 +99,11 @@ class NullTextOptimize(io.ComfyNode):
                 io.Conditioning.Input("source", tooltip="The same source prompt CONDITIONING used for DDIM Invert."),
                 io.Conditioning.Input("null", tooltip="CLIP Text Encode of the empty prompt \"\": the starting null embedding."),
                 types.Inversion.Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),
-                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale to reconstruct (and later edit) with. 7.5 in the paper (SD); SD3.5 4.5, Qwen-Image 4. Edited Sample should use the same."),
+                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale to reconstruct (and later edit) with. 7.5 in the paper (SD); SD3.5 4.5, Qwen-Image 4, Chroma 4 (Flux-dev has no unconditional branch: use Fast Inversion). Edited Sample should use the same."),
                 io.Int.Input("inner_steps", default=10, min=0, max=100, tooltip="Adam iterations per DDIM step at most (10 in the paper). Fewer is faster and reconstructs less exactly."),
                 io.Float.Input("epsilon", default=1e-5, min=0.0, max=1.0, step=1e-6, round=1e-7, tooltip="Early stop: a step stops when its loss falls below epsilon + step x 2e-5 (1e-5 in the paper). Larger is faster."),
                 io.Boolean.Input("memory_saving", default=False, optional=True, tooltip="Gradient checkpointing: far less memory, slower, the same result. Turn it on when the optimisation runs out of GPU memory (SDXL, SD3, Qwen-Image, large images)."),
-                io.Combo.Input("null_start", options=list(NULL_STARTS), default="auto", optional=True, tooltip="What the optimisation starts from. null: the 'null' input (the paper). source: the source prompt (negative-prompt inversion's point). auto: null for SD, SDXL and SD3; source for Qwen-Image, whose 5-token empty negative cannot reproduce the prompt's prediction (see the help page)."),
+                io.Combo.Input("null_start", options=list(NULL_STARTS), default="auto", optional=True, tooltip="What the optimisation starts from. null: the 'null' input (the paper). source: the source prompt (negative-prompt inversion's point). auto: null for SD, SDXL and SD3; source for Qwen-Image and Chroma, whose short empty negatives (5 and 1 tokens) cannot reproduce the prompt's prediction (see the help page)."),
             ],
             outputs=[
                 types.NullEmbeddings.Output("null_embeddings", display_name="null_embeddings", tooltip="One optimised unconditional embedding per DDIM step, tied to this inversion."),

@@ -217,10 +217,10 @@ def init_sd3_text_encoders_(encoders: torch.nn.Module, seed: int = 0) -> None:
             p.copy_(t.to(p.dtype))
 
 
-def build_taesd3_state_dict(seed: int = 0) -> dict:
+def build_taesd3_state_dict(seed: int = 0, scale: float = TAESD3_SCALE, shift: float = TAESD3_SHIFT) -> dict:
     """State dict (keys without prefix, float32) of the host's TAESD with 16 latent channels and the ``taesd3``
-    scale/shift, calibrated on ``calibration_image()`` (model-space latent mean 0 / std 1 per channel; decoded image
-    mean 0.5 / std 0.25)."""
+    scale/shift (or those given: the latent format's), calibrated on ``calibration_image()`` (model-space latent
+    mean 0 / std 1 per channel; decoded image mean 0.5 / std 0.25)."""
     prepare_host_cpu()
     from comfy.taesd.taesd import TAESD
 
@@ -230,9 +230,9 @@ def build_taesd3_state_dict(seed: int = 0) -> dict:
         for name, p in model.state_dict(keep_vars=True).items():
             leaf = name.rsplit(".", 1)[-1]
             if name == "vae_scale":
-                p.fill_(TAESD3_SCALE)
+                p.fill_(scale)
             elif name == "vae_shift":
-                p.fill_(TAESD3_SHIFT)
+                p.fill_(shift)
             elif leaf == "weight" and p.dim() == 4:
                 p.copy_(_draw(p.shape, 0.7 * math.sqrt(2.0 / _fan_in(p.shape)), gen))
             elif leaf == "weight":  # a GroupNorm (only in use_midblock_gn variants, not built here)

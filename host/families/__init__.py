@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from ..errors import NodeInputError
 from .base import ModelFamily
+from .flux import CHROMA, FLUX
 from .qwen_image import QWEN_IMAGE
 from .sd import SD
 from .sd3 import SD3
 
 #: Every family, in the order they are asked.
-FAMILIES: tuple[ModelFamily, ...] = (SD, SD3, QWEN_IMAGE)
+FAMILIES: tuple[ModelFamily, ...] = (SD, SD3, QWEN_IMAGE, FLUX, CHROMA)
 
-SUPPORTED = "SD 1.x/2.x, SDXL, SD3/SD3.5 or Qwen-Image"
+SUPPORTED = "SD 1.x/2.x, SDXL, SD3/SD3.5, Qwen-Image, Flux.1-dev or Chroma"
 
 
 def family_of(patcher, node: str) -> ModelFamily:
@@ -31,21 +32,14 @@ def family_of(patcher, node: str) -> ModelFamily:
             raise NodeInputError(node, "model", reason[0], reason[1])
     from ..model_fingerprint import model_config_name
 
-    if _is_flux(patcher):
-        raise NodeInputError(
-            node, "model", f"this is a Flux model ({model_config_name(patcher)}): Flux-dev and Flux-schnell are "
-            "guidance-distilled (the guidance strength is an input of the model), so there is no unconditional branch "
-            "for null-text inversion to optimise and no classifier-free guidance to edit with.",
-            f"load a {SUPPORTED} model; Flux support through Direct Inversion is planned.")
     raise NodeInputError(
         node, "model", f"this model ({model_config_name(patcher)}) is not one the pack edits.",
-        f"load a {SUPPORTED} model. Flux-dev is guidance-distilled (it has no unconditional branch for null-text "
-        "inversion); other families are not supported yet.")
+        f"load a {SUPPORTED} model; other families are not supported yet.")
 
 
 def model_family_name(patcher, node: str) -> str:
-    """The model's family name as inversions record it ("SD1.x", "SD2.x", "SDXL", "SD3", "Qwen-Image"), or the
-    NodeInputError of :func:`family_of`."""
+    """The model's family name as inversions record it ("SD1.x", "SD2.x", "SDXL", "SD3", "Qwen-Image", "Flux",
+    "Chroma"), or the NodeInputError of :func:`family_of`."""
     return family_of(patcher, node).name_of(patcher)
 
 
@@ -57,13 +51,3 @@ def family_named(name: str) -> ModelFamily | None:
 def family_of_clip(clip) -> ModelFamily | None:
     """The family whose tokenizers this CLIP has (None: none of them)."""
     return next((f for f in FAMILIES if f.tokenizes(clip)), None)
-
-
-def _is_flux(patcher) -> bool:
-    """A guidance-distilled Flux model (Flux.1/Flux.2 dev and schnell); not Chroma, which subclasses the host's Flux
-    class but was trained with real classifier-free guidance."""
-    import comfy.model_base
-
-    flux = getattr(comfy.model_base, "Flux", None)
-    chroma = getattr(comfy.model_base, "Chroma", ())
-    return flux is not None and isinstance(patcher.model, flux) and not isinstance(patcher.model, chroma)

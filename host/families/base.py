@@ -38,6 +38,11 @@ class ModelFamily(Protocol):
     #: where Null-Text Optimize starts when its ``null_start`` is "auto": "null" (the 'null' input, the reference)
     #: or "source" (the source prompt's embedding)
     null_start: str
+    #: the model takes its guidance strength as an input and has no unconditional branch (Flux-dev): sampled at
+    #: classifier-free guidance 1
+    guidance_distilled: bool
+    #: (problem, fix) where Null-Text Optimize cannot run on the family (Flux-dev); None where it can
+    null_text_refusal: Optional[tuple[str, str]]
 
     def accepts(self, patcher) -> bool: ...
 

@@ -27,6 +27,8 @@ class JointAttentionFamily:
     latent_channels = 16
     starts_in_sampler = True
     null_start = "null"  # where Null-Text Optimize starts ("null": the 'null' input; "source": the source prompt)
+    guidance_distilled = False
+    null_text_refusal: Optional[tuple[str, str]] = None
     patch_size = 2
     #: the class names of the transformer blocks (``memory_saving`` checkpoints them)
     block_classes: tuple[str, ...] = ()

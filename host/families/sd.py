@@ -30,6 +30,8 @@ class SDFamily:
     latent_channels = 4
     starts_in_sampler = False
     null_start = "null"  # the reference: the empty prompt's embedding
+    guidance_distilled = False
+    null_text_refusal = None
 
     def accepts(self, patcher) -> bool:
         return sd_family_name(patcher) is not None

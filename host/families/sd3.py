@@ -14,12 +14,11 @@ import comfy.model_base
 
 from ...core.prompt_tokens import PromptError, PromptLayout, PromptTokens
 from ..flow_model import is_flow_model
-from ..word_tokens import SYNTAX, plain_ids, word_tokens
+from ..word_tokens import SYNTAX, plain_ids, t5_prompt_tokens, word_tokens
 from .joint import JointAttentionFamily
 
 CLIP_CHUNK = 77
 CLIP_BOS, CLIP_EOS = 49406, 49407
-T5_EOS = 1
 SD3_TOKENIZERS = {"l", "g", "t5xxl"}
 
 
@@ -31,11 +30,6 @@ def _clip_chunks(clip, text: str) -> list[list[int]]:
         end = ids.index(CLIP_EOS, 1) if CLIP_EOS in ids[1:] else len(ids)
         out.append(ids[1:end])
     return out
-
-
-def _t5_ids(clip, text: str) -> list[int]:
-    ids = plain_ids(clip.tokenize(text)["t5xxl"][0])
-    return ids[: ids.index(T5_EOS)] if T5_EOS in ids else ids
 
 
 def _encoders(clip) -> tuple[bool, bool]:
@@ -101,12 +95,10 @@ class SD3Family(JointAttentionFamily):
                 firsts.append(first)
                 offset += CLIP_CHUNK
         if has_t5:
-            _, t5_words = word_tokens(lambda t: _t5_ids(clip, t), text)
-            length = len(clip.tokenize(text)["t5xxl"][0])
-            segments.append((offset, PromptTokens(" ".join(words), words, t5_words, -1, T5_EOS, max_len=length,
-                                                  prefix=(), suffix=(T5_EOS,))))
+            t5 = t5_prompt_tokens(clip, text)
+            segments.append((offset, t5))
             firsts.append(0)
-            offset += length
+            offset += t5.max_len
         if not segments:
             raise PromptError("this CLIP has no text encoder loaded.")
         return PromptLayout(text=text, segments=tuple(segments), max_len=offset, first_words=tuple(firsts))
