@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Optional
+from typing import Callable, ContextManager, Iterator, Optional
 
 import torch
 import torch.utils.checkpoint
+from torch.overrides import TorchFunctionMode
 
 import comfy.latent_formats
 import comfy.model_base
@@ -106,20 +107,25 @@ def grad_capable_weights(patcher) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def recomputed_blocks(blocks: list[torch.nn.Module]) -> Iterator[int]:
+def recomputed_blocks(blocks: list[torch.nn.Module], around: Optional[Callable[[], ContextManager]] = None) -> Iterator[int]:
     """Gradient checkpointing of ``blocks`` while open (``memory_saving``): under autograd a block keeps only its
     inputs and is recomputed in the backward pass (``torch.utils.checkpoint``, non-reentrant). The arithmetic is the
     same, so results are unchanged; the backward costs about one more forward of the block. Forwards without
-    gradients run as usual. The modules are restored on exit (also on errors and Cancel). Yields the number of
-    blocks."""
+    gradients run as usual. ``around``: a context every checkpointed forward and its recomputation run in (the
+    backward pass does not see the caller's). The modules are restored on exit (also on errors and Cancel). Yields
+    the number of blocks."""
 
     def recomputed(module: torch.nn.Module):
         plain = type(module).forward.__get__(module)
 
+        def run(*args, **kwargs):
+            with around() if around is not None else contextlib.nullcontext():
+                return plain(*args, **kwargs)
+
         def forward(*args, **kwargs):
             if not torch.is_grad_enabled():
                 return plain(*args, **kwargs)
-            return torch.utils.checkpoint.checkpoint(plain, *args, use_reentrant=False, **kwargs)
+            return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **kwargs)
         return forward
 
     try:
@@ -129,6 +135,23 @@ def recomputed_blocks(blocks: list[torch.nn.Module]) -> Iterator[int]:
     finally:
         for m in blocks:
             m.__dict__.pop("forward", None)
+
+
+class InPlaceAddsOutOfPlace(TorchFunctionMode):
+    """While active and autograd records, ``a += b`` (``Tensor.add_``) on a tensor gives a new tensor ``a + b``
+    (rebound to the name) instead of changing ``a``.
+
+    The host's Flux and Chroma blocks add to their residual streams in place (``x += gate * out``) after a layer norm
+    saved the stream for its backward, which autograd refuses ("modified by an inplace operation"). Out of place
+    the arithmetic is the same, so the values are unchanged; gradient checkpointing (``memory_saving``) then
+    recomputes the blocks from inputs that were never changed (the recomputation runs in this mode too:
+    ``recomputed_blocks``' ``around``)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.add_ and torch.is_grad_enabled() and not kwargs and len(args) == 2:
+            return torch.add(args[0], args[1])  # what ``a += b`` calls; ``a = a.add_(b)`` rebinds the name
+        return func(*args, **kwargs)
 
 
 def recomputed_transformers(diffusion_model: torch.nn.Module, enabled: bool = True):

@@ -309,7 +309,7 @@ class EditedSample(io.ComfyNode):
                 types.Inversion.Input("inversion", tooltip="The 'inversion' output of DDIM Invert (x_T and the schedule)."),
                 types.NullEmbeddings.Input("null_embeddings", tooltip="The per-step null embeddings of Null-Text Optimize for this inversion."),
                 io.Conditioning.Input("source", tooltip="The source prompt CONDITIONING used for inversion."),
-                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Guidance scale; use the one the null embeddings were optimised with (SD 7.5, SD3.5 4.5, Qwen-Image 4, Chroma 4; Flux-dev 1 with Fast Inversion's direct-inversion)."),
+                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Guidance scale; use the one the null embeddings were optimised with (SD 7.5, SD3.5 4.5, Qwen-Image 4, Chroma 3.5; Flux-dev 1 with Fast Inversion's direct-inversion)."),
                 io.Conditioning.Input("target", optional=True, tooltip="The Attention Controller's target CONDITIONING (one row per edit). Without it only the reconstruction is made."),
                 types.AttentionControl.Input("control", optional=True, tooltip="The Attention Controller's control. Without it the targets are sampled without attention control (a naive edit)."),
                 io.Mask.Input("mask", optional=True, tooltip="Optional MASK confining the edits: where it is 0 each edit keeps the reconstruction, where it is 1 the edit. One for every edit or one per target prompt, any size (see the help page)."),

@@ -81,7 +81,7 @@ class FastInversion(io.ComfyNode):
                 io.Conditioning.Input("null", tooltip="CLIP Text Encode of \"\" (used by direct-inversion; ignored by negative-prompt)."),
                 types.Inversion.Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),
                 io.Combo.Input("method", options=METHODS, default="direct-inversion", tooltip="negative-prompt: fastest, slightly worse reconstruction. direct-inversion: exact reconstruction of the source row, edits as good as null-text on PIE-Bench."),
-                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="The guidance you will edit with (SD 7.5, SD3.5 4.5, Qwen-Image 4, Chroma 4; Flux-dev 1: it has no unconditional branch). Direct Inversion's offsets are computed for it."),
+                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="The guidance you will edit with (SD 7.5, SD3.5 4.5, Qwen-Image 4, Chroma 3.5; Flux-dev 1: it has no unconditional branch). Direct Inversion's offsets are computed for it."),
             ],
             outputs=[
                 types.NullEmbeddings.Output("null_embeddings", display_name="null_embeddings", tooltip="Per-step values for Edited Sample (same type as Null-Text Optimize's)."),

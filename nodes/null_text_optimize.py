@@ -99,7 +99,7 @@ class NullTextOptimize(io.ComfyNode):
                 io.Conditioning.Input("source", tooltip="The same source prompt CONDITIONING used for DDIM Invert."),
                 io.Conditioning.Input("null", tooltip="CLIP Text Encode of the empty prompt \"\": the starting null embedding."),
                 types.Inversion.Input("inversion", tooltip="The 'inversion' output of DDIM Invert."),
-                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale to reconstruct (and later edit) with. 7.5 in the paper (SD); SD3.5 4.5, Qwen-Image 4, Chroma 4 (Flux-dev has no unconditional branch: use Fast Inversion). Edited Sample should use the same."),
+                io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale to reconstruct (and later edit) with. 7.5 in the paper (SD); SD3.5 4.5, Qwen-Image 4, Chroma 3.5 (Flux-dev has no unconditional branch: use Fast Inversion). Edited Sample should use the same."),
                 io.Int.Input("inner_steps", default=10, min=0, max=100, tooltip="Adam iterations per DDIM step at most (10 in the paper). Fewer is faster and reconstructs less exactly."),
                 io.Float.Input("epsilon", default=1e-5, min=0.0, max=1.0, step=1e-6, round=1e-7, tooltip="Early stop: a step stops when its loss falls below epsilon + step x 2e-5 (1e-5 in the paper). Larger is faster."),
                 io.Boolean.Input("memory_saving", default=False, optional=True, tooltip="Gradient checkpointing: far less memory, slower, the same result. Turn it on when the optimisation runs out of GPU memory (SDXL, SD3, Qwen-Image, large images)."),

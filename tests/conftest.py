@@ -127,7 +127,7 @@ if HOST_PATH is not None:
 _HOST_NODEIDS: set[str] = set()
 _HOST_OUTCOMES: dict[str, str] = {}
 _HOST_FIXTURES = {"host", "tiny_model", "tiny_checkpoint_path", "checkpoint_dir", "tiny_checkpoint_name", "tiny_sdxl",
-                  "tiny_sd3", "tiny_qwen_image"}
+                  "tiny_sd3", "tiny_qwen_image", "tiny_flux", "tiny_chroma"}
 
 
 def pytest_configure(config):
@@ -253,6 +253,22 @@ def tiny_qwen_image(host):
     from tiny_qwen_image import build_tiny_qwen_image
 
     return build_tiny_qwen_image(seed=TINY_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(host):
+    """``(model_patcher, clip, vae)`` of the tiny Flux-dev model (tests/tiny_flux.py)."""
+    from tiny_flux import build_tiny_flux
+
+    return build_tiny_flux(seed=TINY_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_chroma(host):
+    """``(model_patcher, clip, vae)`` of the tiny Chroma model (tests/tiny_flux.py)."""
+    from tiny_flux import build_tiny_chroma
+
+    return build_tiny_chroma(seed=TINY_SEED)
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,13 @@ pytestmark = pytest.mark.host
 SOURCE = "a cat sitting on a table"
 TARGET = "a tiger sitting on a table"
 STEPS = 8
-LATENT_SHAPE = {"SD3": (1, 16, 16, 24), "Qwen-Image": (1, 16, 1, 16, 24)}  # 128 x 192 px
-FAMILIES = ["SD3", "Qwen-Image"]
+LATENT_SHAPE = {"SD3": (1, 16, 16, 24), "Qwen-Image": (1, 16, 1, 16, 24), "Chroma": (1, 16, 16, 24),
+                "Flux": (1, 16, 16, 24)}  # 128 x 192 px
+FIXTURE = {"SD3": "tiny_sd3", "Qwen-Image": "tiny_qwen_image", "Chroma": "tiny_chroma", "Flux": "tiny_flux"}
+#: The families null-text inversion runs on (Flux-dev is guidance-distilled: Direct Inversion at guidance 1)
+NULL_TEXT = ["SD3", "Qwen-Image", "Chroma"]
+FAMILIES = [*NULL_TEXT, "Flux"]
+_MADE: dict = {}
 
 
 def _latent(family: str) -> dict:
@@ -30,42 +35,81 @@ def _latent(family: str) -> dict:
     return {"samples": torch.randn(*LATENT_SHAPE[family], generator=g)}
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def fam(request):
-    """The family's tiny model, its inversion (8 steps) and null-text optimisation at the family's default guidance."""
+def _made(request, name: str) -> SimpleNamespace:
+    """The family's tiny model, its inversion (8 steps) and per-step values at the family's default guidance:
+    null-text optimisation, or for Flux-dev the plain conditional values at guidance 1 (made once per module)."""
     from nulltext_p2p.host.families import family_of
     from nulltext_p2p.nodes.ddim_invert import run_inversion
+    from nulltext_p2p.nodes.fast_inversion import run_fast_inversion
     from nulltext_p2p.nodes.null_text_optimize import run_null_text
 
-    model, clip, vae = request.getfixturevalue("tiny_sd3" if request.param == "SD3" else "tiny_qwen_image")
+    if name in _MADE:
+        return _MADE[name]
+    model, clip, vae = request.getfixturevalue(FIXTURE[name])
     family = family_of(model, "test")
     source, null = encode(clip, SOURCE), encode(clip, "")
-    latent = _latent(request.param)
+    latent = _latent(name)
     with torch.inference_mode():  # as the host's executor runs nodes
         inv = run_inversion(model, source, latent, STEPS)
-        value, final = run_null_text(model, source, null, inv, family.default_guidance, 10, 1e-5)
-    return SimpleNamespace(name=request.param, model=model, clip=clip, family=family, source=source, null=null,
-                           latent=latent, inv=inv, value=value, final=final, guidance=family.default_guidance)
+        if name in NULL_TEXT:
+            value, final = run_null_text(model, source, null, inv, family.default_guidance, 10, 1e-5)
+        else:  # guidance 1, no offsets: the plain conditional sampling (Direct Inversion: its own test)
+            value, final = run_fast_inversion(model, source, null, inv, "negative-prompt", family.default_guidance)
+    _MADE[name] = SimpleNamespace(name=name, model=model, clip=clip, family=family, source=source, null=null,
+                                  latent=latent, inv=inv, value=value, final=final, guidance=family.default_guidance)
+    return _MADE[name]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def fam(request):
+    """Every joint-attention family with its inversion and per-step values (null-text; Flux-dev: guidance 1)."""
+    return _made(request, request.param)
+
+
+@pytest.fixture(scope="module", params=NULL_TEXT)
+def nt(request):
+    """The families with null-text inversion, their inversion and optimised null embeddings."""
+    return _made(request, request.param)
+
+
+@pytest.fixture(scope="module")
+def flux(request):
+    """Flux-dev and its inversion."""
+    return _made(request, "Flux")
 
 
 def _unet64(model):
     return copy.deepcopy(model.model.diffusion_model).to(torch.float64)
 
 
-def _velocity64(unet64, model, x: torch.Tensor, sigma: float, context: torch.Tensor, pooled) -> torch.Tensor:
+def _velocity64(unet64, model, x: torch.Tensor, sigma: float, context: torch.Tensor, extra: dict) -> torch.Tensor:
     """The raw diffusion model's output (the velocity of a CONST flow model) in float64 (0.33's rotary-embedding
-    kernels take no float64: the host's pure-torch path, ``compat.pure_torch_rope``)."""
+    kernels take no float64: the host's pure-torch path, ``compat.pure_torch_rope``); ``extra``: the model's other
+    inputs (``y``, ``guidance``)."""
     from nulltext_p2p.host.compat import pure_torch_rope
 
     t = model.model.model_sampling.timestep(torch.tensor([sigma], dtype=torch.float64)).to(torch.float64)
-    kw = {} if pooled is None else {"y": pooled.to(torch.float64)}
+    kw = {k: v.to(torch.float64) for k, v in extra.items()}
     with pure_torch_rope():
         return unet64(x.to(torch.float64), t, context=context.to(torch.float64), **kw).to(torch.float64)
 
 
-def _parts(fam, conditioning):
-    pooled = conditioning[0][1].get("pooled_output") if fam.family.pooled_width(fam.model) else None
-    return conditioning[0][0], pooled
+def _parts(fam, conditioning) -> tuple[torch.Tensor, dict]:
+    """(context, the model's other inputs) of a CONDITIONING as the host's sampler would pass them."""
+    extras = conditioning[0][1]
+    kw = {}
+    if fam.family.pooled_width(fam.model):
+        kw["y"] = extras["pooled_output"]
+    if fam.name == "Flux":
+        kw["guidance"] = torch.tensor([float(extras.get("guidance", 3.5))])
+    if fam.name == "Chroma":
+        kw["guidance"] = torch.tensor([0.0])
+    return conditioning[0][0], kw
+
+
+def _packed_parts(fam, packed: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """:func:`_parts` of a tensor as the family's ``text_condition`` packs it."""
+    return _parts(fam, fam.family.to_conditioning(packed, fam.model))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -87,7 +131,7 @@ def test_steps_0_is_the_familys_usual_step_count(fam):
 
     with torch.inference_mode():
         inv = run_inversion(fam.model, fam.source, fam.latent, 0)
-    assert inv.steps == fam.family.default_steps == {"SD3": 28, "Qwen-Image": 30}[fam.name]
+    assert inv.steps == fam.family.default_steps == {"SD3": 28, "Qwen-Image": 30, "Chroma": 26, "Flux": 28}[fam.name]
 
 
 def test_a_latent_without_the_frame_axis_gets_the_models_layout(fam):
@@ -108,13 +152,13 @@ def test_inversion_equals_a_float64_euler_transcription(fam):
     """x_i = x_{i+1} + (sigma_i - sigma_{i+1}) v(x_{i+1}, sigma_i), from the clean latent, source prompt, guidance 1,
     written out here on the raw diffusion model in float64: relative deviation below 1e-4 (float32 rounding)."""
     unet64 = _unet64(fam.model)
-    ctx, pooled = _parts(fam, fam.source)
+    ctx, extra = _parts(fam, fam.source)
     sig = fam.inv.schedule.sigmas_
     x = fam.model.model.process_latent_in(fam.latent["samples"].to(torch.float32)).to(torch.float64)
     ref = [x]
     with torch.no_grad():
         for i in reversed(range(STEPS)):
-            x = x + (sig[i] - sig[i + 1]) * _velocity64(unet64, fam.model, x, sig[i], ctx, pooled)
+            x = x + (sig[i] - sig[i + 1]) * _velocity64(unet64, fam.model, x, sig[i], ctx, extra)
             ref.append(x)
     ref = torch.stack(ref)
     rel = float((fam.inv.latents.to(torch.float64) - ref).abs().max() / ref.abs().max())
@@ -122,37 +166,59 @@ def test_inversion_equals_a_float64_euler_transcription(fam):
     assert rel < 1e-4
 
 
-def test_guided_sampling_through_the_host_equals_a_float64_euler_transcription(fam):
+def test_guided_sampling_through_the_host_equals_a_float64_euler_transcription(nt):
     """Edited Sample's reconstruction row (the host's CFGGuider and sampler machinery with the pack's sampler
     function) equals x_{i+1} = x_i + (sigma_{i+1} - sigma_i) (v_u + w (v_c - v_u)) in float64 with the per-step
     null embeddings: relative deviation below 1e-4."""
     from nulltext_p2p.nodes.edited_sample import run_edit
 
+    fam = nt
     with torch.inference_mode():
         out, _ = run_edit(fam.model, fam.inv, fam.value, fam.source, None, None, fam.guidance, preview=False)
     unet64 = _unet64(fam.model)
-    ctx, pooled = _parts(fam, fam.source)
-    dim = fam.family.pooled_width(fam.model)
+    ctx, extra = _parts(fam, fam.source)
     sig = fam.inv.schedule.sigmas_
     x = fam.inv.x_T.to(torch.float64)
     with torch.no_grad():
         for i in range(STEPS):
-            null = fam.value.embeddings[i]
-            n_ctx, n_pooled = (null[:, :-1], null[:, -1, :dim]) if dim else (null, None)
-            v_c = _velocity64(unet64, fam.model, x, sig[i], ctx, pooled)
-            v_u = _velocity64(unet64, fam.model, x, sig[i], n_ctx, n_pooled)
+            n_ctx, n_extra = _packed_parts(fam, fam.value.embeddings[i])
+            v_c = _velocity64(unet64, fam.model, x, sig[i], ctx, extra)
+            v_u = _velocity64(unet64, fam.model, x, sig[i], n_ctx, n_extra)
             x = x + (sig[i + 1] - sig[i]) * (v_u + fam.guidance * (v_c - v_u))
     rel = float((out[0].to(torch.float64) - x[0]).abs().max() / x.abs().max())
     print(f"{fam.name}: guided sampling vs float64 Euler, max relative deviation {rel:.2e}")
     assert rel < 1e-4
 
 
+def test_flux_direct_inversion_reconstructs_the_photo_exactly(flux):
+    """Flux-dev at guidance 1 with Direct Inversion (Fast Inversion): Edited Sample's source row lands on the photo's
+    latent to float32 rounding (the offsets were made with the model's own guidance input, the sampler runs the
+    conditional branch only), where the same sampling without the offsets misses it by the inversion's error; a word
+    swap changes the edit row only."""
+    from nulltext_p2p.nodes.edited_sample import run_edit
+    from nulltext_p2p.nodes.fast_inversion import run_fast_inversion
+
+    fam = flux
+    z0 = fam.inv.latents[0]
+    control, _, tgt = control_for(fam.clip, TARGET)
+    with torch.inference_mode():
+        value, final = run_fast_inversion(fam.model, fam.source, fam.null, fam.inv, "direct-inversion", 1.0)
+        out, _ = run_edit(fam.model, fam.inv, value, fam.source, tgt, control, 1.0, preview=False)
+    assert value.latent_offsets is not None and torch.equal(final, z0)
+    rel = float((out[0] - z0).abs().max() / z0.abs().max())
+    miss = float((fam.final - z0).abs().max() / z0.abs().max())
+    print(f"Flux-dev Direct Inversion: reconstruction max relative deviation {rel:.2e}; without offsets {miss:.2e}")
+    assert rel < 1e-5 and miss > 1e-3
+    assert mse(out[1], out[0]) > 1e-4
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Null-text optimisation
 # ----------------------------------------------------------------------------------------------------------------
-def test_null_text_reconstructs_at_least_10x_better_than_plain_inversion(fam):
+def test_null_text_reconstructs_at_least_10x_better_than_plain_inversion(nt):
     """At the family's default guidance, from x_T: guided Euler sampling with the optimised per-step null embeddings
     against the same with the plain empty-prompt embedding (what inversion without optimisation gives)."""
+    fam = nt
     from nulltext_p2p.core.ddim import ddim_sample
     from nulltext_p2p.host.unet import load_model
 
@@ -170,15 +236,17 @@ def test_null_text_reconstructs_at_least_10x_better_than_plain_inversion(fam):
     assert nt_err * 10 <= plain_err
 
 
-def test_null_text_starts_where_the_family_says(fam):
-    """SD3 optimises from the 'null' input (the reference); Qwen-Image from the source prompt (its empty negative is
-    5 tokens); the first step's embedding has that start's shape."""
+def test_null_text_starts_where_the_family_says(nt):
+    """SD3 optimises from the 'null' input (the reference); Qwen-Image and Chroma from the source prompt (their empty
+    negatives are 5 and 1 tokens); the first step's embedding has that start's shape."""
+    fam = nt
     want = fam.family.text_condition(fam.model, fam.null if fam.name == "SD3" else fam.source, "test", "x")
     assert fam.family.null_start == ("null" if fam.name == "SD3" else "source")
     assert fam.value.embeddings.shape[1:] == want.shape
 
 
-def test_inner_iterations_and_early_stop(fam):
+def test_inner_iterations_and_early_stop(nt):
+    fam = nt
     from nulltext_p2p.nodes.null_text_optimize import run_null_text
 
     with torch.inference_mode():
@@ -189,7 +257,8 @@ def test_inner_iterations_and_early_stop(fam):
     assert all(it <= 10 for it in fam.value.iterations) and len(fam.value.iterations) == STEPS
 
 
-def test_no_weight_receives_a_gradient_and_the_model_is_left_as_it_was(fam):
+def test_no_weight_receives_a_gradient_and_the_model_is_left_as_it_was(nt):
+    fam = nt
     from nulltext_p2p.nodes.null_text_optimize import run_null_text
 
     params = dict(fam.model.model.named_parameters())
@@ -201,7 +270,8 @@ def test_no_weight_receives_a_gradient_and_the_model_is_left_as_it_was(fam):
     assert {n: (p.requires_grad, p.data_ptr()) for n, p in after.items()} == before
 
 
-def test_memory_saving_gives_the_same_embeddings(fam):
+def test_memory_saving_gives_the_same_embeddings(nt):
+    fam = nt
     from nulltext_p2p.nodes.null_text_optimize import run_null_text
 
     with torch.inference_mode():
@@ -291,7 +361,7 @@ def test_the_hook_with_no_edit_is_the_unpatched_model(fam):
     load_model(fam.model)
     schedule = fam.inv.schedule
     cond = fam.family.text_condition(fam.model, fam.source, "test", "source")
-    ctx, pooled = (cond[:, :-1], cond[:, -1, :fam.family.pooled_width(fam.model)]) if fam.family.pooled_width(fam.model) else (cond, None)
+    ctx, extra = _packed_parts(fam, cond)
     ctx2 = ctx.repeat(2, 1, 1)
     x = fam.inv.latents[3].repeat(2, *([1] * (fam.inv.latents.ndim - 2)))
     sigma = torch.full((2,), schedule.sigmas_[3])
@@ -305,8 +375,7 @@ def test_the_hook_with_no_edit_is_the_unpatched_model(fam):
         opts = dict(patcher.model_options.get("transformer_options", {}))
         opts.update(cond_or_uncond=[0], sigmas=sigma)
         kw = {"c_crossattn": ctx2, "transformer_options": opts}
-        if pooled is not None:
-            kw["y"] = pooled.repeat(2, 1)
+        kw.update({k: v.repeat(2, *([1] * (v.ndim - 1))) for k, v in extra.items()})
         with torch.no_grad():
             return patcher.model.apply_model(x, sigma, **kw)
 
@@ -317,7 +386,7 @@ def test_the_hook_with_no_edit_is_the_unpatched_model(fam):
 
 def test_the_hooks_attention_equals_the_hosts(fam):
     """The probabilities the hook computes (its own softmax) times V equal the host's attention on every joint call
-    of a forward pass to 1e-5."""
+    of a forward pass to 1e-5 (Flux and Chroma: the double- and the single-stream blocks, one call each)."""
     from nulltext_p2p.host.joint_attention import AttentionCall, joint_probs
     from nulltext_p2p.host.unet import load_model
 
@@ -339,6 +408,9 @@ def test_the_hooks_attention_equals_the_hosts(fam):
     with torch.no_grad():
         unet.eps(fam.inv.latents[4], fam.inv.schedule.model_level(4), cond, 0)
     assert worst and max(worst) < 1e-5, worst
+    if fam.name in ("Flux", "Chroma"):
+        dm = fam.model.model.diffusion_model
+        assert len(worst) == len(dm.double_blocks) + len(dm.single_blocks) == 4
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from ...core.prompt_tokens import PromptTokens
 from ..errors import NodeInputError
 from ..flow_model import FlowUNet, is_flow_model
 from ..text_condition import unpack
+from ..unet import InPlaceAddsOutOfPlace
 from ..word_tokens import t5_prompt_tokens
 from .joint import JointAttentionFamily
 
@@ -68,6 +69,8 @@ class FluxArchitecture(JointAttentionFamily):
     latent_channels = 16
     patch_size = 2
     block_classes = ("DoubleStreamBlock", "SingleStreamBlock")
+    # the blocks add to their residual streams in place, which autograd cannot go back through
+    block_context = InPlaceAddsOutOfPlace
     tokenizer_keys: set = set()
 
     def context_width(self, patcher) -> Optional[int]:
@@ -145,8 +148,8 @@ class FluxFamily(FluxArchitecture):
 class ChromaFamily(FluxArchitecture):
     names = ("Chroma",)
     label = "Chroma"
-    default_steps = 26  # ComfyUI's Chroma template
-    default_guidance = 4.0  # ComfyUI's Chroma template (CFG 4)
+    default_steps = 26  # ComfyUI's Chroma template (26 steps, CFG 3.5, euler)
+    default_guidance = 3.5  # ComfyUI's Chroma template
     tokenizer_keys = CHROMA_TOKENIZERS
     clip_hint = "the Chroma text encoder (Load CLIP with t5xxl, type chroma)"
     # The empty negative is one T5 token reaching the image only through attention (no pooled vector, no guidance

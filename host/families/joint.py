@@ -4,7 +4,8 @@ the attention override (``host.joint_attention``). Each family module fills in i
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Callable, ContextManager, Optional
 
 import torch
 
@@ -34,6 +35,8 @@ class JointAttentionFamily:
     block_classes: tuple[str, ...] = ()
     #: what the CLIP input must be, for error messages
     clip_hint = ""
+    #: a context the blocks run in under gradients, their recomputation included (``host.unet.recomputed_blocks``)
+    block_context: Optional[Callable[[], ContextManager]] = None
 
     # -- model -----------------------------------------------------------------------------------------------
     def refusal(self, patcher) -> Optional[tuple[str, str]]:
@@ -54,7 +57,9 @@ class JointAttentionFamily:
     def gradients(self, patcher, memory_saving: bool):
         names = set(self.block_classes)
         blocks = [m for m in patcher.model.diffusion_model.modules() if type(m).__name__ in names] if memory_saving else []
-        return nested(lambda: grad_capable_weights(patcher), pure_torch_rope, lambda: recomputed_blocks(blocks))
+        around = self.block_context or contextlib.nullcontext
+        return nested(lambda: grad_capable_weights(patcher), pure_torch_rope, around,
+                      lambda: recomputed_blocks(blocks, self.block_context))
 
     # -- conditioning ----------------------------------------------------------------------------------------
     def pooled_width(self, patcher) -> int:
