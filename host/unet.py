@@ -14,7 +14,6 @@ from typing import Callable, ContextManager, Iterator, Optional
 
 import torch
 import torch.utils.checkpoint
-from torch.overrides import TorchFunctionMode
 
 import comfy.latent_formats
 import comfy.model_base
@@ -111,21 +110,29 @@ def recomputed_blocks(blocks: list[torch.nn.Module], around: Optional[Callable[[
     """Gradient checkpointing of ``blocks`` while open (``memory_saving``): under autograd a block keeps only its
     inputs and is recomputed in the backward pass (``torch.utils.checkpoint``, non-reentrant). The arithmetic is the
     same, so results are unchanged; the backward costs about one more forward of the block. Forwards without
-    gradients run as usual. ``around``: a context every checkpointed forward and its recomputation run in (the
-    backward pass does not see the caller's). The modules are restored on exit (also on errors and Cancel). Yields
-    the number of blocks."""
+    gradients run as usual. The modules are restored on exit (also on errors and Cancel). Yields the number of
+    blocks.
+
+    ``around``: for blocks that change tensors in place (Flux, Chroma: ``saved_activations_copied``), a context each
+    block runs in, on copies of its tensor inputs, both forward and when recomputed; the recomputation then runs the
+    block as plain autograd does (reentrant checkpointing), which the context can make safe."""
 
     def recomputed(module: torch.nn.Module):
         plain = type(module).forward.__get__(module)
 
-        def run(*args, **kwargs):
-            with around() if around is not None else contextlib.nullcontext():
-                return plain(*args, **kwargs)
-
         def forward(*args, **kwargs):
             if not torch.is_grad_enabled():
                 return plain(*args, **kwargs)
-            return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **kwargs)
+            if around is None:
+                return torch.utils.checkpoint.checkpoint(plain, *args, use_reentrant=False, **kwargs)
+            names = [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+            rest = {k: v for k, v in kwargs.items() if k not in names}
+
+            def run(*flat):
+                copies = [t.clone() if isinstance(t, torch.Tensor) else t for t in flat]
+                with around():
+                    return plain(*copies[: len(args)], **dict(zip(names, copies[len(args):])), **rest)
+            return torch.utils.checkpoint.checkpoint(run, *args, *(kwargs[k] for k in names), use_reentrant=True)
         return forward
 
     try:
@@ -137,21 +144,21 @@ def recomputed_blocks(blocks: list[torch.nn.Module], around: Optional[Callable[[
             m.__dict__.pop("forward", None)
 
 
-class InPlaceAddsOutOfPlace(TorchFunctionMode):
-    """While active and autograd records, ``a += b`` (``Tensor.add_``) on a tensor gives a new tensor ``a + b``
-    (rebound to the name) instead of changing ``a``.
+@contextlib.contextmanager
+def saved_activations_copied() -> Iterator[None]:
+    """While open, autograd saves a copy of each activation it keeps for the backward pass (weights, buffers and
+    other tensors outside the graph are kept as they are).
 
-    The host's Flux and Chroma blocks add to their residual streams in place (``x += gate * out``) after a layer norm
-    saved the stream for its backward, which autograd refuses ("modified by an inplace operation"). Out of place
-    the arithmetic is the same, so the values are unchanged; gradient checkpointing (``memory_saving``) then
-    recomputes the blocks from inputs that were never changed (the recomputation runs in this mode too:
-    ``recomputed_blocks``' ``around``)."""
+    The host's Flux and Chroma blocks add to their residual streams in place (``x += gate * out``, 0.3.64's Chroma
+    ``x.addcmul_(gate, out)``) after a layer norm saved the stream for its backward, which autograd refuses
+    ("modified by an inplace operation"); the copy taken when it is saved is what the backward needs. Most
+    activations have no other use after the forward, so the copy replaces them rather than adding to them."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.Tensor.add_ and torch.is_grad_enabled() and not kwargs and len(args) == 2:
-            return torch.add(args[0], args[1])  # what ``a += b`` calls; ``a = a.add_(b)`` rebinds the name
-        return func(*args, **kwargs)
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        return t if (t.grad_fn is None and not t.requires_grad) else t.clone()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
 
 
 def recomputed_transformers(diffusion_model: torch.nn.Module, enabled: bool = True):

@@ -30,7 +30,7 @@ from ...core.prompt_tokens import PromptTokens
 from ..errors import NodeInputError
 from ..flow_model import FlowUNet, is_flow_model
 from ..text_condition import unpack
-from ..unet import InPlaceAddsOutOfPlace
+from ..unet import saved_activations_copied
 from ..word_tokens import t5_prompt_tokens
 from .joint import JointAttentionFamily
 
@@ -69,8 +69,8 @@ class FluxArchitecture(JointAttentionFamily):
     latent_channels = 16
     patch_size = 2
     block_classes = ("DoubleStreamBlock", "SingleStreamBlock")
-    # the blocks add to their residual streams in place, which autograd cannot go back through
-    block_context = InPlaceAddsOutOfPlace
+    # the blocks add to their residual streams in place, which autograd cannot go back through by itself
+    block_context = staticmethod(saved_activations_copied)
     tokenizer_keys: set = set()
 
     def context_width(self, patcher) -> Optional[int]:
@@ -169,6 +169,11 @@ class ChromaFamily(FluxArchitecture):
                                  "sampled with classifier-free guidance and its guidance input at 0.",
                                  "remove the FluxGuidance node from this prompt and set the guidance on the pack's nodes.")
         return emb
+
+    def to_conditioning(self, packed: torch.Tensor, patcher) -> list:
+        """The token rows with ``pooled_output`` None, as the host's Chroma text encoder gives them (0.3.64's
+        ``Flux.encode_adm`` requires the key)."""
+        return [[packed, {"pooled_output": None}]]
 
     def pads_prompts(self) -> bool:
         return True
