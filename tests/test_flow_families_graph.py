@@ -7,17 +7,18 @@ models (tests/tiny_sd3.py, tests/tiny_qwen_image.py) at 128x128 px, 4 steps.
    file that records the family.
 2. The runner (``run_in_process``) on an API workflow whose loader is the test-only node.
 3. Refine mode with a MASK, targets of other token counts than the source (Qwen-Image pads them).
-4. Refusals naming node, input and fix: Flux-dev (guidance-distilled), prompts of another family, an inversion of
-   another family (and Load Inversion's warning).
+4. Refusals naming node, input and fix: null-text on Flux-dev (guidance-distilled: Direct Inversion instead), a Flux
+   Fill model, prompts of another family, an inversion of another family (and Load Inversion's warning).
+
+Flux-dev (tests/tiny_flux.py) runs the same graph with Fast Inversion (direct-inversion, guidance 1) in place of
+Null-Text Optimize; Chroma with Null-Text Optimize as SD3.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,13 +27,15 @@ import pytest
 import torch
 
 from helpers import ServerStub, control_for, edit_graph, encode, image_latent, make_test_image, tiny_loader_node
+from tiny_flux import build_tiny_chroma, build_tiny_flux
 from tiny_qwen_image import build_tiny_qwen_image
 from tiny_sd3 import build_tiny_sd3
 
 pytestmark = pytest.mark.host
 
-FAMILIES = ("SD3", "Qwen-Image")
-GUIDANCE = {"SD3": 4.5, "Qwen-Image": 4.0}  # the families' defaults (host/families: default_guidance)
+FAMILIES = ("SD3", "Qwen-Image")  # the refusal tests' pair
+GRAPH_FAMILIES = (*FAMILIES, "Chroma", "Flux")
+GUIDANCE = {"SD3": 4.5, "Qwen-Image": 4.0, "Chroma": 3.5, "Flux": 1.0}  # the families' defaults (default_guidance)
 OTHER = {"SD3": "Qwen-Image", "Qwen-Image": "SD3"}
 SOURCE = "a cat sitting on a table"
 TARGET = "a tiger sitting on a table"
@@ -53,8 +56,13 @@ TinyQwenImageLoader = tiny_loader_node(
     build_tiny_qwen_image, "Test-only loader node: the tiny Qwen-Image-layout MODEL/CLIP/VAE (0.3.64: a 16-channel "
     "TAESD with 4-D latents; DDIM Invert adds the frame axis).")
 
+TinyFluxLoader = tiny_loader_node(build_tiny_flux, "Test-only loader node: the tiny Flux-dev MODEL/CLIP/VAE.")
+TinyChromaLoader = tiny_loader_node(build_tiny_chroma, "Test-only loader node: the tiny Chroma MODEL/CLIP/VAE.")
+
 LOADERS = {"SD3": ("NTPTest_TinySD3Loader", TinySD3Loader),
-           "Qwen-Image": ("NTPTest_TinyQwenImageLoader", TinyQwenImageLoader)}
+           "Qwen-Image": ("NTPTest_TinyQwenImageLoader", TinyQwenImageLoader),
+           "Chroma": ("NTPTest_TinyChromaLoader", TinyChromaLoader),
+           "Flux": ("NTPTest_TinyFluxLoader", TinyFluxLoader)}
 
 
 def loader_node(family: str, seed: int = 0) -> dict:
@@ -79,6 +87,10 @@ def family_graph(family: str, prefix: str, target: str = TARGET) -> dict:
     api = edit_graph(loader_node(family), SOURCE, target, prefix)
     api["7"]["inputs"]["guidance"] = GUIDANCE[family]
     api["9"]["inputs"]["guidance"] = GUIDANCE[family]
+    if family == "Flux":  # guidance-distilled: Direct Inversion in place of null-text (same outputs)
+        api["7"] = {"class_type": "NTP_FastInversion", "inputs": {
+            "model": ["1", 0], "source": ["2", 0], "null": ["3", 0], "inversion": ["6", 0],
+            "method": "direct-inversion", "guidance": 1.0}}
     return api
 
 
@@ -171,7 +183,7 @@ def ui_text(executor, node_id: str) -> str:
 # ------------------------------------------------------------------------------------------------------------------
 # 1. The graph, Save Inversion, Load Inversion
 # ------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", GRAPH_FAMILIES)
 def test_graph_edits_and_the_saved_inversion_edits_identically(family, engine, io_dirs):
     import safetensors
 
@@ -194,7 +206,9 @@ def test_graph_edits_and_the_saved_inversion_edits_identically(family, engine, i
         # the family's model, schedule and null embeddings
         assert inversion.model_family == family and inversion.steps == STEPS
         assert inversion.latents.shape[2] == 16 and tuple(inversion.latents.shape[-2:]) == (16, 16)
-        assert null.guidance == g and null.iterations and len(null.iterations) == STEPS
+        assert null.guidance == g and null.steps == STEPS
+        assert null.method == ("direct-inversion" if family == "Flux" else "null-text")
+        assert (null.iterations and len(null.iterations) == STEPS) or family == "Flux"
         assert live.shape[0] == 2 and torch.isfinite(live).all()
         assert not torch.equal(live[0], live[1])  # the word swap changed the edit row
         assert_finite_images(images, 2)  # [reconstruction, edit]
@@ -237,7 +251,7 @@ def test_graph_edits_and_the_saved_inversion_edits_identically(family, engine, i
 # ------------------------------------------------------------------------------------------------------------------
 # 2. The runner
 # ------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", GRAPH_FAMILIES)
 def test_runner_runs_an_api_workflow_with_the_family(family, host, tmp_path):
     from PIL import Image
 
@@ -280,7 +294,7 @@ def test_runner_runs_an_api_workflow_with_the_family(family, host, tmp_path):
 REFINE_TARGETS = ("a big fluffy cat sitting on a table", "a cat on a table")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", GRAPH_FAMILIES)
 def test_refine_with_a_mask_and_targets_of_other_lengths(family, engine, io_dirs):
     from nulltext_p2p.host.families import family_of_clip
 
@@ -314,7 +328,7 @@ def test_refine_with_a_mask_and_targets_of_other_lengths(family, engine, io_dirs
     lengths = [len(fam.prompt_tokens(clip, t).words) for t in (SOURCE, *REFINE_TARGETS)]
     assert lengths == [6, 8, 5]
     n_src = source_cond[0][0][0].shape[1]
-    if family == "Qwen-Image":  # the padding path: targets zero-padded to the longest, masked where padded
+    if family in ("Qwen-Image", "Chroma"):  # the padding path: targets zero-padded to the longest, masked where padded
         own = [encode(clip, t)[0][0].shape[1] for t in REFINE_TARGETS]
         assert own[0] > n_src > own[1], (n_src, own)
         emb = target_cond[0][0]
@@ -323,8 +337,8 @@ def test_refine_with_a_mask_and_targets_of_other_lengths(family, engine, io_dirs
         assert mask.sum(-1).tolist() == own
         assert float(emb[1, own[1]:].abs().max()) == 0.0
         assert control.source.max_len == control.targets[0].max_len == own[0]
-    else:  # SD3 pads every prompt to 77 + 77 tokens itself
-        assert target_cond[0][0].shape[1] == n_src == 154
+    else:  # SD3 pads every prompt to 77 + 77 tokens itself, Flux's T5 to 256
+        assert target_cond[0][0].shape[1] == n_src == {"SD3": 154, "Flux": 256}[family]
 
     # the mask: the edits are the reconstruction wherever it is 0 (the right half), bit for bit
     expected = torch.zeros(2, SIZE, SIZE)
@@ -369,36 +383,6 @@ def made(tiny_sd3, tiny_qwen_image):
     return out
 
 
-def build_tiny_flux_dev(seed: int = 0):
-    """A tiny Flux-dev MODEL (``comfy.supported_models.Flux``: ``guidance_embed`` True, the guidance-distilled
-    variant) with seeded weights: hidden 64, 2 heads, one double and one single block, 16 latent channels."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.supported_models
-    from comfy.ldm.flux.model import FluxParams
-
-    config = {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "vec_in_dim": 32,
-              "context_in_dim": 64, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
-              "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True}
-    if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)}:  # 0.33.0: required (Flux.1: none)
-        config["txt_ids_dims"] = []
-    model_config = comfy.supported_models.Flux(config)
-    model_config.set_inference_dtype(torch.float32, None)
-    base = model_config.get_model({}, "", device=mm.unet_offload_device())
-    gen = torch.Generator().manual_seed(int(seed) * 1000 + 31)
-    sd = {}
-    for name, t in base.diffusion_model.state_dict().items():
-        if t.ndim >= 2:
-            sd[name] = torch.randn(t.shape, generator=gen) / math.sqrt(math.prod(t.shape[1:]))
-        elif "norm" in name:
-            sd[name] = torch.ones(t.shape)
-        else:
-            sd[name] = torch.randn(t.shape, generator=gen) * 0.01
-    base.diffusion_model.load_state_dict(sd, strict=True)
-    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
-
-
 def refusal(call) -> str:
     """The message of the NodeInputError ``call()`` raises."""
     from nulltext_p2p.host.errors import NodeInputError
@@ -408,41 +392,47 @@ def refusal(call) -> str:
     return str(e.value)
 
 
-@pytest.mark.parametrize("family", FAMILIES)  # whose prompts and inversion are connected beside the Flux model
-def test_flux_dev_is_refused_as_guidance_distilled(family, made):
-    import comfy.model_base
-    import comfy.model_sampling
-
+def test_null_text_on_flux_dev_is_refused_pointing_to_direct_inversion(tiny_flux):
+    """Null-Text Optimize refuses Flux-dev (guidance-distilled) before anything else, naming Direct Inversion; the
+    other nodes take it."""
     from nulltext_p2p.nodes.ddim_invert import run_inversion
-    from nulltext_p2p.nodes.edited_sample import run_edit
-    from nulltext_p2p.nodes.fast_inversion import run_fast_inversion
     from nulltext_p2p.nodes.null_text_optimize import run_null_text
 
-    flux = build_tiny_flux_dev(seed=0)
-    assert type(flux.model) is comfy.model_base.Flux and flux.model.model_config.unet_config["guidance_embed"]
-    assert isinstance(flux.get_model_object("model_sampling"), comfy.model_sampling.CONST)  # a flow model
-    with torch.no_grad():  # a working model: one guided forward pass
-        x = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
-        out = flux.model.apply_model(x, torch.tensor([0.5]), c_crossattn=torch.randn(1, 7, 64), y=torch.randn(1, 32),
-                                     guidance=torch.tensor([3.5]))
-    assert out.shape == x.shape and torch.isfinite(out).all()
+    model, clip, _ = tiny_flux
+    source, null = encode(clip, SOURCE), encode(clip, "")
+    with torch.inference_mode():
+        inv = run_inversion(model, source, {"samples": torch.zeros(1, 16, 16, 16)}, 2)
+        msg = refusal(lambda: run_null_text(model, source, null, inv, 1.0, 1, 1e-5))
+    print(msg)
+    problem, fix = msg.split(" Fix: ")
+    assert problem.startswith(f"[{NTO_NODE}] input 'model': Flux-dev and Flux-schnell are guidance-distilled"), msg
+    assert "no unconditional branch" in problem
+    assert fix.startswith("use Fast Inversion with method direct-inversion and guidance 1"), msg
+    assert inv.model_family == "Flux"
 
-    m = made[family]
-    calls = {
-        DDIM_NODE: lambda: run_inversion(flux, m.source, {"samples": torch.zeros(1, 16, 16, 16)}, STEPS),
-        NTO_NODE: lambda: run_null_text(flux, m.source, m.null, m.inv, m.guidance, 1, 1e-5),
-        FAST_NODE: lambda: run_fast_inversion(flux, m.source, m.null, m.inv, "direct-inversion", m.guidance),
-        EDIT_NODE: lambda: run_edit(flux, m.inv, m.value, m.source, None, None, m.guidance, preview=False),
-    }
-    for node, call in calls.items():
-        with torch.inference_mode():
-            msg = refusal(call)
-        print(msg)
-        assert msg.startswith(f"[{node}] input 'model': "), msg
-        problem, fix = msg.split(" Fix: ")
-        assert "(Flux)" in problem or "Flux model" in problem, msg  # names the model it refuses
-        assert "Flux-dev" in msg and "guidance-distilled" in msg and "no unconditional branch" in msg, msg
-        assert fix.startswith("load a SD 1.x/2.x, SDXL, SD3/SD3.5 or Qwen-Image model"), msg
+
+def test_a_flux_model_with_image_inputs_is_refused(tiny_flux):
+    """A Flux model whose input takes more channels than the latent (Flux Fill / Canny / Depth) is refused by every
+    node, naming what it is and what to load."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    from nulltext_p2p.nodes.ddim_invert import run_inversion
+    from tiny_flux import FLUX_UNET_CONFIG, _with_host_fields
+    from comfy.ldm.flux.model import FluxParams
+
+    import comfy.model_management as mm
+
+    config = comfy.supported_models.Flux(_with_host_fields({**FLUX_UNET_CONFIG, "in_channels": 32}, FluxParams))
+    config.set_inference_dtype(torch.float32, None)
+    fill = comfy.model_patcher.ModelPatcher(config.get_model({}, "", device=mm.unet_offload_device()),
+                                            load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    _, clip, _ = tiny_flux
+    with torch.inference_mode():
+        msg = refusal(lambda: run_inversion(fill, encode(clip, SOURCE), {"samples": torch.zeros(1, 16, 16, 16)}, 2))
+    assert msg == (f"[{DDIM_NODE}] input 'model': this Flux model takes 16 extra input channels (an image or mask "
+                   "beside the latent: Flux Fill, Canny or Depth), which inversion does not model. Fix: load Flux-dev "
+                   "(or a Flux-dev fine-tune)."), msg
 
 
 @pytest.fixture(scope="module")
