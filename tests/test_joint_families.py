@@ -530,3 +530,56 @@ def test_prompt_syntax_that_cannot_be_mapped_to_words_is_refused(tiny_sd3):
     _, clip, _ = tiny_sd3
     with pytest.raises(NodeInputError, match="target_prompts.*syntax"):
         build_control(clip, SOURCE, "a (tiger:1.3) sitting on a table", "replace", 0.8, 0.5, "", "", "", 0.3, 0.2)
+
+
+def test_flux_word_positions_in_t5(tiny_flux):
+    """Flux's context is the T5 stream (CLIP-L gives only the pooled vector): words from position 0, then the end
+    token, then padding to 256."""
+    from nulltext_p2p.host.families.flux import FLUX
+
+    _, clip, _ = tiny_flux
+    layout = FLUX.prompt_tokens(clip, TARGET)
+    ids = [t[0] for t in clip.tokenize(TARGET)["t5xxl"][0]]
+    assert layout.max_len == encode(clip, TARGET)[0][0].shape[1] == len(ids) == 256
+    tiger = layout.find("tiger")
+    assert len(tiger) > 1 and tuple(ids[p] for p in tiger) == layout.word_tokens[1]
+    assert ids[layout.n_tokens - 1] == 1 and set(ids[layout.n_tokens:]) == {0}  # end token, then padding
+
+
+def test_chroma_prompts_of_different_lengths_are_padded_to_the_longest(tiny_chroma):
+    from nulltext_p2p.nodes.attention_controller import build_control
+
+    _, clip, _ = tiny_chroma
+    control, source, target = build_control(clip, SOURCE, "a big fluffy cat sitting on a table", "refine", 0.8, 0.5,
+                                            "", "", "", 0.3, 0.2)
+    n_src, n_tgt = source[0][0].shape[1], target[0][0].shape[1]
+    assert control.family == "Chroma" and n_tgt > n_src  # T5 unpadded: each prompt its own length
+    assert control.source.max_len == control.targets[0].max_len == n_tgt
+    assert target[0][1]["attention_mask"].tolist() == [[1] * n_tgt]
+
+
+def test_the_flux_guidance_travels_with_the_prompt(flux):
+    """The FluxGuidance value of the source prompt (the host's default 3.5 without one) is what inversion, Direct
+    Inversion and Edited Sample give the model: at 2.0 the inversion differs from 3.5's, and Direct Inversion's
+    reconstruction is still exact (the sampler got 2.0 as well); Load Inversion's source carries it."""
+    import node_helpers
+
+    from nulltext_p2p.host.families.flux import FLUX
+    from nulltext_p2p.nodes.ddim_invert import run_inversion
+    from nulltext_p2p.nodes.edited_sample import run_edit
+    from nulltext_p2p.nodes.fast_inversion import run_fast_inversion
+
+    fam = flux
+    source = node_helpers.conditioning_set_values(fam.source, {"guidance": 2.0})  # what FluxGuidance does
+    packed = FLUX.text_condition(fam.model, source, "test", "source")
+    assert float(packed[0, -1, FLUX.pooled_width(fam.model)]) == 2.0
+    assert FLUX.to_conditioning(packed, fam.model)[0][1]["guidance"] == 2.0
+    default = FLUX.text_condition(fam.model, fam.source, "test", "source")
+    assert float(default[0, -1, FLUX.pooled_width(fam.model)]) == 3.5
+    with torch.inference_mode():
+        inv = run_inversion(fam.model, source, fam.latent, STEPS)
+        value, _ = run_fast_inversion(fam.model, source, fam.null, inv, "direct-inversion", 1.0)
+        out, _ = run_edit(fam.model, inv, value, source, None, None, 1.0, preview=False)
+    assert float((inv.latents[-1] - fam.inv.latents[-1]).abs().max()) > 1e-3
+    z0 = inv.latents[0]
+    assert float((out[0] - z0).abs().max() / z0.abs().max()) < 1e-5
