@@ -32,6 +32,8 @@ THUMBNAILS = {
     "masked_edit": ("7  Masked edit", "cat -> tiger inside a mask", "cat", ["tiger"]),
     "sd35_word_swap": ("8  SD3.5 word swap", "cat -> tiger, flow matching", "cat", ["tiger"]),
     "qwen_image_word_swap": ("9  Qwen-Image word swap", "cat -> tiger, joint attention", "cat", ["tiger"]),
+    "flux_word_swap": ("10  Flux-dev word swap", "cat -> tiger, Direct Inversion", "cat", ["tiger"]),
+    "chroma_word_swap": ("11  Chroma word swap", "cat -> tiger, null-text", "cat", ["tiger"]),
 }
 
 
