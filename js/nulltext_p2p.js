@@ -29,7 +29,7 @@ const TEXT_NODES = {
 };
 /** The example workflows (file names without .json) in the order a new user meets them. */
 const TEMPLATE_ORDER = ["invert_and_reconstruct", "word_swap", "refine", "reweight", "invert_once_edit_many",
-  "sdxl_word_swap", "masked_edit", "sd35_word_swap", "qwen_image_word_swap"];
+  "sdxl_word_swap", "masked_edit", "sd35_word_swap", "qwen_image_word_swap", "flux_word_swap", "chroma_word_swap"];
 /** Nodes whose STRING output is the value of their text widget (so a linked prompt can be read before a run). */
 const VALUE_NODES = { PrimitiveStringMultiline: "value", PrimitiveString: "value" };
 const PASS_THROUGH = new Set(["Reroute"]);

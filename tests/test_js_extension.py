@@ -208,8 +208,8 @@ def test_example_pictures_are_small_and_made_here():
 def test_examples_name_their_own_model_files_for_download():
     """The frontend reports a missing model from the loader's properties.models entry: every loader must carry the
     file it loads, with a download URL and the folder it goes in: the SDXL example the SDXL base checkpoint, the
-    SD3.5 example the SD3.5 checkpoint, the Qwen-Image example its diffusion model, text encoder and VAE (the
-    files of ComfyUI's own templates), the others SD 1.5."""
+    SD3.5 example the SD3.5 checkpoint, the Qwen-Image, Flux-dev and Chroma examples their diffusion model, text
+    encoder(s) and VAE (the files of ComfyUI's own templates), the others SD 1.5."""
     assert set(EXAMPLE_MODEL_FILES) <= set(TEMPLATE_ORDER)
     for path in EXAMPLE_DIR.glob("*.json"):
         workflow = json.loads(path.read_text())
@@ -217,14 +217,18 @@ def test_examples_name_their_own_model_files_for_download():
         loaders = [n for n in workflow["nodes"] if n["type"] in MODEL_LOADERS]
         assert sorted(n["type"] for n in loaders) == sorted(want), path.name
         for loader in loaders:
-            file, folder = want[loader["type"]]
-            assert loader["widgets_values"][0] == file, (path.name, loader["type"])
-            assert [m["name"] for m in loader["properties"]["models"]] == [file], (path.name, loader["type"])
-            assert all(m["url"].startswith("https://huggingface.co/") and m["url"].split("?")[0].endswith("/" + file)
-                       and m["directory"] == folder for m in loader["properties"]["models"]), (path.name, loader["type"])
-        if path.stem == "qwen_image_word_swap":
-            clip = next(n for n in loaders if n["type"] == "CLIPLoader")
-            assert clip["widgets_values"][1] == "qwen_image"
+            pairs = loader_files(want)[loader["type"]]
+            files = [f for f, _ in pairs]
+            assert loader["widgets_values"][: len(files)] == files, (path.name, loader["type"])
+            assert [m["name"] for m in loader["properties"]["models"]] == files, (path.name, loader["type"])
+            for m, (file, folder) in zip(loader["properties"]["models"], pairs):
+                assert m["url"].startswith("https://huggingface.co/") and m["url"].split("?")[0].endswith("/" + file)
+                assert m["directory"] == folder, (path.name, loader["type"])
+        clip_types = {"qwen_image_word_swap": ("CLIPLoader", 1, "qwen_image"), "chroma_word_swap": ("CLIPLoader", 1, "chroma"),
+                      "flux_word_swap": ("DualCLIPLoader", 2, "flux")}
+        if path.stem in clip_types:
+            kind, index, value = clip_types[path.stem]
+            assert next(n for n in loaders if n["type"] == kind)["widgets_values"][index] == value, path.name
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -636,7 +640,7 @@ def test_word_helper_in_headless_chromium(browser, comfy_server, tiny_checkpoint
 EXAMPLE_DIR = REPO_ROOT / "example_workflows"
 #: The README's order (the template browser shows them so: js/nulltext_p2p.js); SD3.5 and Qwen-Image come last.
 TEMPLATE_ORDER = ["invert_and_reconstruct", "word_swap", "refine", "reweight", "invert_once_edit_many", "sdxl_word_swap",
-                  "masked_edit", "sd35_word_swap", "qwen_image_word_swap"]
+                  "masked_edit", "sd35_word_swap", "qwen_image_word_swap", "flux_word_swap", "chroma_word_swap"]
 EXAMPLE_IMAGE = "nulltext_p2p_example.png"
 #: What is not run, and why (everything else about it is checked: loading, layout, helper, search, missing model).
 NOT_RUN = {"sdxl_word_swap": "it needs an SDXL checkpoint; the tiny SDXL model of tests/tiny_sdxl.py is built in-process "
@@ -647,24 +651,46 @@ NOT_RUN = {"sdxl_word_swap": "it needs an SDXL checkpoint; the tiny SDXL model o
            "qwen_image_word_swap": "it needs the Qwen-Image diffusion model, text encoder and VAE files; the tiny "
                                    "Qwen-Image model of tests/tiny_qwen_image.py is built in-process and is not a file "
                                    "the server can load (tests/test_example_workflows.py runs this example in-process "
-                                   "with it in place of the loaders)"}
+                                   "with it in place of the loaders)",
+           "flux_word_swap": "it needs the Flux-dev diffusion model, CLIP-L and T5 text encoders and VAE files; the "
+                             "tiny Flux-dev model of tests/tiny_flux.py is built in-process and is not a file the server "
+                             "can load (tests/test_example_workflows.py runs this example in-process with it in place of "
+                             "the loaders)",
+           "chroma_word_swap": "it needs the Chroma diffusion model, T5 text encoder and VAE files; the tiny Chroma "
+                               "model of tests/tiny_flux.py is built in-process and is not a file the server can load "
+                               "(tests/test_example_workflows.py runs this example in-process with it in place of the "
+                               "loaders)"}
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 SD35_CHECKPOINT = "sd3.5_large_fp8_scaled.safetensors"
 #: The files of the Qwen-Image example, as ComfyUI's own Qwen-Image template names them: loader -> (file, folder).
 QWEN_IMAGE_FILES = {"UNETLoader": ("qwen_image_fp8_e4m3fn.safetensors", "diffusion_models"),
                     "CLIPLoader": ("qwen_2.5_vl_7b_fp8_scaled.safetensors", "text_encoders"),
                     "VAELoader": ("qwen_image_vae.safetensors", "vae")}
+#: The files of the Flux-dev and Chroma examples (ComfyUI's own templates'): loader -> (file, folder), or a list of
+#: them for a loader of several files (DualCLIPLoader).
+FLUX_FILES = {"UNETLoader": ("flux1-dev.safetensors", "diffusion_models"),
+              "DualCLIPLoader": [("clip_l.safetensors", "text_encoders"), ("t5xxl_fp16.safetensors", "text_encoders")],
+              "VAELoader": ("ae.safetensors", "vae")}
+CHROMA_FILES = {"UNETLoader": ("Chroma1-HD-fp8mixed.safetensors", "diffusion_models"),
+                "CLIPLoader": ("t5xxl_fp8_e4m3fn_scaled.safetensors", "text_encoders"),
+                "VAELoader": ("ae.safetensors", "vae")}
 #: Every example's model files: loader -> (file, folder). The server has only the SD 1.5 name (the tiny checkpoint).
 EXAMPLE_MODEL_FILES = {"sdxl_word_swap": {"CheckpointLoaderSimple": (SDXL_CHECKPOINT, "checkpoints")},
                        "sd35_word_swap": {"CheckpointLoaderSimple": (SD35_CHECKPOINT, "checkpoints")},
-                       "qwen_image_word_swap": QWEN_IMAGE_FILES}
+                       "qwen_image_word_swap": QWEN_IMAGE_FILES, "flux_word_swap": FLUX_FILES,
+                       "chroma_word_swap": CHROMA_FILES}
 SD15_FILES = {"CheckpointLoaderSimple": (SD15_CHECKPOINT, "checkpoints")}
-MODEL_LOADERS = ("CheckpointLoaderSimple", "UNETLoader", "CLIPLoader", "VAELoader")
+MODEL_LOADERS = ("CheckpointLoaderSimple", "UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader")
+
+
+def loader_files(files: dict) -> dict[str, list[tuple[str, str]]]:
+    """loader -> its (file, folder) pairs, in widget order."""
+    return {k: (v if isinstance(v, list) else [v]) for k, v in files.items()}
 
 
 def missing_on_load(name: str) -> list[str]:
     """The model files the frontend must report missing when the example is opened (the server has no such file)."""
-    return sorted(f for f, _ in EXAMPLE_MODEL_FILES.get(name, {}).values())
+    return sorted({f for pairs in loader_files(EXAMPLE_MODEL_FILES.get(name, {})).values() for f, _ in pairs})
 
 
 #: Kept cheap: the tiny model at 64x64 px (8x8 latents), 2 DDIM steps, 1 inner step; everything else as the file says.
@@ -948,7 +974,8 @@ async def _drive_examples(ws_url: str, base_url: str, shots: Path, report: dict)
                 report["examples"].append(ex)
                 loaded = await cdp.js(f"ntpEx.load({json.dumps(PACK_DIR_NAME)}, {json.dumps(name)})", timeout=60)
                 text = loaded["text"]
-                every_file = {f for files in [SD15_FILES, *EXAMPLE_MODEL_FILES.values()] for f, _ in files.values()}
+                every_file = {f for files in [SD15_FILES, *EXAMPLE_MODEL_FILES.values()]
+                              for pairs in loader_files(files).values() for f, _ in pairs}
                 if loaded.get("missing") is not None:
                     ex["missing_models"] = sorted(loaded["missing"])
                 else:
