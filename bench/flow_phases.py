@@ -1,4 +1,4 @@
-"""The bench's phases for the flow-matching families (SD3/SD3.5, Qwen-Image): warm-up, inversion (Euler ODE of the
+"""The bench's phases for the flow-matching families (SD3/SD3.5, Qwen-Image, Flux-dev): warm-up, inversion (Euler ODE of the
 host's sigmas), plain guided Euler, null-text (ours; the named options, memory_saving, other dtypes), the fast modes
 and one Prompt-to-Prompt edit on joint attention.
 
@@ -14,6 +14,10 @@ diffusion model, as for the SD rows) and backward passes it cannot do without, p
   Direct Inversion with two batch-1 calls: 2 calls; negative-prompt inversion: 1 call;
 * the edit through the host's sampler: 2 x prompts rows per step (conditional and unconditional of the source and
   each target), in 1 call where the host batches them.
+
+Guidance-distilled families (Flux-dev) have no null-text row (Null-Text Optimize refuses them): their rows are the
+inversion, Direct Inversion at guidance 1 (1 conditional call per step) and the edit from its values (1 call of the
+prompts' conditional rows per step: guidance 1 has no unconditional branch).
 
 A row at the floor does no model work beyond what its algorithm needs. Imported once the host is set up.
 """
@@ -37,6 +41,7 @@ from report import OURS
 from workload import SOURCE_PROMPT, TARGET_PROMPT
 
 INVERSION = "inversion (flow, Euler)"
+DIRECT_CONDITIONAL = "direct-inversion, guidance 1 (conditional only)"
 PLAIN = "plain Euler @ guidance (no NTI)"
 EDIT = "edit (P2P replace + blend, 1 edit)"
 
@@ -64,6 +69,12 @@ class FlowBench(Bench):
               f"{str(w.model.model.get_dtype()).replace('torch.', '')}, phases {','.join(sorted(groups))}", flush=True)
         self.warm_up()
         self.run_inversion()
+        if self.family.null_text_refusal is not None:  # guidance-distilled: Direct Inversion, then the edit
+            self.ours_result = self.record_phase(DIRECT_CONDITIONAL, self.direct_inversion_values, self.z0,
+                                                 "guidance-distilled: Direct Inversion in place of null-text")
+            if "edit" in groups and w.clip is not None:
+                self.run_p2p_edit()
+            return
         if "plain" in groups:
             self.run_plain_euler()
         self.ours_result = self.record_phase(OURS, self.null_text_ours, self.z0,
@@ -84,12 +95,17 @@ class FlowBench(Bench):
         first-call costs: inversion, null-text (2 iterations; with memory_saving too), Direct Inversion both ways,
         and a 2-step edit."""
         w, g, groups = self.work, self.args.guidance, self.phase_groups
+        distilled = self.family.null_text_refusal is not None
         with torch.inference_mode():
             inv = run_inversion(w.model, w.source, w.latent, 2)
-            value, _ = run_null_text(w.model, w.source, w.null, inv, g, 2, 0.0)
+            if distilled:
+                value, _ = run_fast_inversion(w.model, w.source, w.null, inv, "direct-inversion", g)
+                groups = groups & {"edit"}
+            else:
+                value, _ = run_null_text(w.model, w.source, w.null, inv, g, 2, 0.0)
             if "memory_saving" in groups:
                 run_null_text(w.model, w.source, w.null, inv, g, 2, 0.0, memory_saving=True)
-            for pairs in (False, True):
+            for pairs in (False, True) if not distilled else ():
                 run_fast_inversion(w.model, w.source, w.null, inv, "direct-inversion", g, batch_pairs=pairs)
             if "edit" in groups and w.clip is not None:
                 control, target = self.edit_inputs()
@@ -114,7 +130,7 @@ class FlowBench(Bench):
         if "inner_iterations" in row:  # null-text, any option or dtype
             k = row["inner_iterations"]
             return 2 * s + k, 2 * s + k, k, f"1 cond + k (fwd+bwd) + 1 uncond per step = 2x{s} + {k} calls, {k} backward"
-        if name == INVERSION:
+        if name in (INVERSION, DIRECT_CONDITIONAL):
             return s, s, 0, "1 cond call per step"
         if name == PLAIN:
             return pair_calls, 2 * s, 0, pair_rule
@@ -126,6 +142,8 @@ class FlowBench(Bench):
             return 2 * s, 2 * s, 0, "2 calls of 1 row (uncond, cond) per step"
         if name == EDIT:
             prompts = 2
+            if self.args.guidance == 1.0:  # the host's sampler skips the unconditional branch at guidance 1
+                return s, prompts * s, 0, f"1 call of {prompts} rows (cond of {prompts} prompts) per step"
             return s, 2 * prompts * s, 0, f"1 call of {2 * prompts} rows (cond + uncond of {prompts} prompts) per step"
         return None
 
@@ -158,6 +176,15 @@ class FlowBench(Bench):
         nulls = null_c.unsqueeze(0).expand(s, *null_c.shape)
         self.record_phase(PLAIN, partial(self.plain_ddim, unet, source_c, nulls), self.z0,
                           "reconstruction without null-text")
+
+    def direct_inversion_values(self) -> dict:
+        """Direct Inversion's offsets at the run's guidance (guidance-distilled families: 1) and the reconstruction
+        Edited Sample gives with them (the source row: the photo, to float32 rounding)."""
+        w = self.work
+        with torch.inference_mode():
+            value, final = run_fast_inversion(w.model, w.source, w.null, self.inversion, "direct-inversion",
+                                              self.args.guidance)
+        return {"recon": final, "value": value}
 
     def edit_inputs(self) -> tuple:
         """(control, target CONDITIONING) of the edit (replace cat -> tiger + local blend), made once; with random

@@ -14,6 +14,10 @@
 #   qwen   Qwen-Image (full width; 60 blocks = 20.4 B, 41 GB of bf16 weights, on a GPU with >= 100 GiB, else 30
 #          blocks; QWEN_LAYERS) in bf16 at 1024 px, 10 steps x 10 inner at guidance 4.0: the same phases; text
 #          conditioning random tensors [1, n, 3584]
+#   flux   Flux.1-dev (11.9 B; bench/random_mmdit.py) in bf16 at 1024 px, 28 steps at guidance 1 (guidance-distilled: no
+#          null-text): flow inversion with the model's guidance input, Direct Inversion (conditional only) and one
+#          P2P edit through double- and single-stream blocks; text conditioning random tensors (context [1, 256, 4096],
+#          pooled [1, 768]). Target: inversion + Direct Inversion + edit < 30 s on an H200 (the "target" line)
 # Reports wall time per phase, the CUDA allocator peak per phase (torch.cuda.max_memory_allocated, weights included),
 # model calls against the floor (flow models) and ours/reference ratios and result agreement (SD).
 #
@@ -21,8 +25,9 @@
 #   COMFYUI_PATH   a ComfyUI checkout (tested: 0.3.64 and 0.33.0); this repository is the one the script sits in
 #   PYTHON         a Python with a CUDA torch and the host's requirements.txt installed (default: python3)
 # Optional:
-#   GPU_SH_RUNS="sd15 sdxl sd35m qwen"  the runs, in order. All four do not fit one 10-minute command (about 7
-#                      minutes for sd15+sdxl and as much for sd35m+qwen are planned): run them as two commands
+#   GPU_SH_RUNS="sd15 sdxl sd35m qwen flux"  the runs, in order. All five do not fit one 10-minute command (about 7
+#                      minutes for sd15+sdxl and as much for sd35m+qwen are planned, flux about 2): run them as
+#                      several commands
 #   GPU_SH_TINY=1      check the script without a GPU: the same runs with narrow models (same layouts; SD3.5 depth 2,
 #                      Qwen-Image 2 blocks) at 128 px, 3 steps, 2 inner iterations, on the CPU
 #   GPU_SH_BUDGET_S    wall-clock budget for all runs in seconds (default 450); each run gets what is left and is
@@ -31,11 +36,12 @@
 #   SDXL_STEPS=10 SDXL_INNER=5  SDXL_SIZE=1024 SDXL_PRECISION="bf16"
 #   SD35M_STEPS=28 SD35M_INNER=10 SD35M_SIZE=1024 SD35M_DTYPE=bf16
 #   QWEN_STEPS=10 QWEN_INNER=10 QWEN_SIZE=1024 QWEN_DTYPE=bf16 QWEN_LAYERS=auto (1..60)
-#   SD15_PHASES / SDXL_PHASES / SD35M_PHASES / QWEN_PHASES  the --phases of each run (python bench/run_bench.py --help)
+#   FLUX_STEPS=28 FLUX_SIZE=1024 FLUX_DTYPE=bf16
+#   SD15_PHASES / SDXL_PHASES / SD35M_PHASES / QWEN_PHASES / FLUX_PHASES  the --phases of each run (python bench/run_bench.py --help)
 # Writes OUT_DIR/<run>.json (one bench report each), gpu.json (all + environment), gpu.md (the tables), <run>.log;
 # prints gpu.md at the end.
 set -uo pipefail
-if [ $# -ne 1 ]; then sed -n '2,42p' "$0"; exit 2; fi
+if [ $# -ne 1 ]; then sed -n '2,48p' "$0"; exit 2; fi
 OUT=$1
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
@@ -45,7 +51,7 @@ mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 COMFYUI_PATH
 TINY=${GPU_SH_TINY:-0}
 BUDGET=${GPU_SH_BUDGET_S:-450}
-RUNS=${GPU_SH_RUNS:-sd15 sdxl sd35m qwen}
+RUNS=${GPU_SH_RUNS:-sd15 sdxl sd35m qwen flux}
 START=$(date +%s)
 
 if [ "$TINY" = 1 ]; then
@@ -54,6 +60,7 @@ if [ "$TINY" = 1 ]; then
   SDXL_STEPS=${SDXL_STEPS:-3}; SDXL_INNER=${SDXL_INNER:-2}; SDXL_SIZE=${SDXL_SIZE:-128}
   SD35M_STEPS=${SD35M_STEPS:-3}; SD35M_INNER=${SD35M_INNER:-2}; SD35M_SIZE=${SD35M_SIZE:-128}
   QWEN_STEPS=${QWEN_STEPS:-3}; QWEN_INNER=${QWEN_INNER:-2}; QWEN_SIZE=${QWEN_SIZE:-128}
+  FLUX_STEPS=${FLUX_STEPS:-3}; FLUX_SIZE=${FLUX_SIZE:-128}
 else
   SCALE=full; DEVICE_ARGS=()
   if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
@@ -64,6 +71,7 @@ else
   SDXL_STEPS=${SDXL_STEPS:-10}; SDXL_INNER=${SDXL_INNER:-5}; SDXL_SIZE=${SDXL_SIZE:-1024}
   SD35M_STEPS=${SD35M_STEPS:-28}; SD35M_INNER=${SD35M_INNER:-10}; SD35M_SIZE=${SD35M_SIZE:-1024}
   QWEN_STEPS=${QWEN_STEPS:-10}; QWEN_INNER=${QWEN_INNER:-10}; QWEN_SIZE=${QWEN_SIZE:-1024}
+  FLUX_STEPS=${FLUX_STEPS:-28}; FLUX_SIZE=${FLUX_SIZE:-1024}
 fi
 SD15_PRECISION=${SD15_PRECISION:-fp16 bf16}
 SDXL_PRECISION=${SDXL_PRECISION:-bf16}
@@ -74,6 +82,8 @@ QWEN_DTYPE=${QWEN_DTYPE:-bf16}
 QWEN_LAYERS=${QWEN_LAYERS:-auto}
 SD35M_PHASES=${SD35M_PHASES:-memory_saving,fast,edit}
 QWEN_PHASES=${QWEN_PHASES:-memory_saving,fast,edit}
+FLUX_DTYPE=${FLUX_DTYPE:-bf16}
+FLUX_PHASES=${FLUX_PHASES:-edit}
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -111,7 +121,8 @@ for name in $RUNS; do
     sd35m) run sd35m sd35m "$SD35M_STEPS" "$SD35M_INNER" "$SD35M_SIZE" "$SD35M_PHASES" "" --model-dtype "$SD35M_DTYPE" ;;
     qwen) run qwen qwen-image "$QWEN_STEPS" "$QWEN_INNER" "$QWEN_SIZE" "$QWEN_PHASES" "" --model-dtype "$QWEN_DTYPE" \
             "${QWEN_LAYER_ARGS[@]}" ;;
-    *) echo "gpu.sh: unknown run '$name' in GPU_SH_RUNS (choose from: sd15 sdxl sd35m qwen)" >&2 ;;
+    flux) run flux flux-dev "$FLUX_STEPS" 0 "$FLUX_SIZE" "$FLUX_PHASES" "" --model-dtype "$FLUX_DTYPE" ;;
+    *) echo "gpu.sh: unknown run '$name' in GPU_SH_RUNS (choose from: sd15 sdxl sd35m qwen flux)" >&2 ;;
   esac
 done
 

@@ -1,4 +1,4 @@
-"""Random-weight SD3.5 Medium and Qwen-Image transformers at their real size, built with the host's classes on the
+"""Random-weight SD3.5 Medium, Qwen-Image and Flux.1-dev transformers at their real size, built with the host's classes on the
 device, and random text conditioning of the shapes their text encoders give (no text encoder, nothing downloaded).
 
     patcher = build_random_mmdit("sd35m", device, torch.bfloat16)               # 2.24 B-parameter MMDiT-X
@@ -13,6 +13,9 @@ picks ``comfy.supported_models.SD3`` / ``QwenImage``.
 * SD3.5 Medium: ``depth`` 24 (hidden 1536, 24 heads of 64), MMDiT-X self-attention in the image stream of blocks
   0..12 (``x_block_self_attn_layers``), ``qk_norm`` "rms", ``pos_embed_max_size`` 384 (147 456 patches), ADM
   (pooled CLIP-L+G) 2048 wide, context 4096 wide -> 1536, 16 latent channels, patch 2.
+* Flux.1-dev: 19 double-stream and 38 single-stream blocks of width 3072 (24 heads of 128, rotary axes 16+56+56),
+  ``guidance_embed`` (the guidance-distilled model), ``vector_in`` 768 (CLIP-L pooled), context 4096 (T5-XXL), 16
+  latent channels, patch 2: 11.9 B parameters.
 * Qwen-Image: 60 ``QwenImageTransformerBlock`` of width 3072 (24 heads of 128), text width 3584 (Qwen2.5-VL 7B),
   64 input channels (16 x 2 x 2). ``layers`` < 60 keeps every width and drops blocks (the host's detection reads
   ``num_layers`` from the keys, so such a model is what it would build from a checkpoint with that many blocks);
@@ -41,7 +44,7 @@ from typing import Optional
 
 import torch
 
-KINDS = ("sd35m", "qwen-image")
+KINDS = ("sd35m", "qwen-image", "flux-dev")
 
 #: The host's detected configurations (ComfyUI 0.3.64 and 0.33.0 detect the same for both).
 FULL_CONFIGS = {
@@ -53,6 +56,10 @@ FULL_CONFIGS = {
         "x_block_self_attn_layers": list(range(13)),
     },
     "qwen-image": {"image_model": "qwen_image", "in_channels": 64, "num_layers": 60},
+    # Flux.1-dev (the host adds the fields a newer host's FluxParams requires: tests/tiny_flux.with_host_fields)
+    "flux-dev": {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "patch_size": 2,
+                 "vec_in_dim": 768, "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24,
+                 "depth": 19, "depth_single_blocks": 38, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True},
 }
 
 #: The narrow layouts (CPU checks). SD3.5: depth 2 -> hidden 128, MMDiT-X self-attention in block 0.
@@ -60,16 +67,19 @@ TINY_OVERRIDES = {
     "sd35m": {"depth": 2, "x_block_self_attn_layers": [0],
               "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}}},
     "qwen-image": {"num_layers": 2, "attention_head_dim": 32, "num_attention_heads": 2, "axes_dims_rope": (8, 12, 12)},
+    "flux-dev": {"hidden_size": 128, "num_heads": 2, "depth": 2, "depth_single_blocks": 2, "axes_dim": [16, 24, 24]},
 }
 
 #: Parameter counts of the full-size transformers built from FULL_CONFIGS by the host (0.3.64 and 0.33.0): SD3.5
 #: Medium's MMDiT-X 2.24 B (its model card says 2.5 B), Qwen-Image 20.4 B (41 GB in bf16). SD3.5's 384 x 384-patch
 #: position table is a buffer, not counted (226 M values).
-FULL_PARAMETERS = {"sd35m": 2_243_171_520, "qwen-image": 20_430_401_088}
+#: Flux.1-dev's 19 double- and 38 single-stream blocks 11.9 B (23.8 GB in bf16).
+FULL_PARAMETERS = {"sd35m": 2_243_171_520, "qwen-image": 20_430_401_088, "flux-dev": 11_901_408_320}
 
 #: Text widths: SD3 context (CLIP-L|G padded to T5-XXL's 4096, then T5) and pooled CLIP-L+G; Qwen2.5-VL hidden.
 SD3_CONTEXT, SD3_POOLED, SD3_CLIP_WIDTH, SD3_CLIP_TOKENS = 4096, 2048, 2048, 77
 QWEN_CONTEXT = 3584
+FLUX_CONTEXT, FLUX_POOLED = 4096, 768  # T5-XXL context, CLIP-L pooled vector
 
 #: Qwen-Image depth when ``layers`` is None: all 60 blocks on a device with this much memory, else the reduced depth.
 QWEN_FULL_DEPTH_MIN_GIB = 100
@@ -107,7 +117,13 @@ def model_config(kind: str, cfg: dict):
     import comfy.model_detection
     import comfy.supported_models
 
-    cls = {"sd35m": comfy.supported_models.SD3, "qwen-image": comfy.supported_models.QwenImage}[kind]
+    cls = {"sd35m": comfy.supported_models.SD3, "qwen-image": comfy.supported_models.QwenImage,
+           "flux-dev": comfy.supported_models.Flux}[kind]
+    if kind == "flux-dev":
+        from comfy.ldm.flux.model import FluxParams
+        from tiny_flux import with_host_fields
+
+        cfg = with_host_fields(cfg, FluxParams)
     detected = comfy.model_detection.model_config_from_unet_config(dict(cfg))
     if type(detected) is not cls:
         raise RuntimeError(f"the host detects this {kind} layout as {type(detected).__name__}, not {cls.__name__}")
@@ -151,7 +167,7 @@ def init_random_weights(kind: str, net: torch.nn.Module, seed: int, device) -> N
         if kind == "sd35m" and name == "pos_embed":
             p.copy_(sincos_pos_embed(p.shape[-1], int(round(math.sqrt(p.shape[1]))), p.device))
             continue
-        if leaf == "weight" and p.ndim == 1:  # RMSNorm / LayerNorm scales
+        if (leaf == "weight" or (leaf == "scale" and "norm" in name)) and p.ndim == 1:  # RMSNorm / LayerNorm scales
             p.fill_(1.0)
             continue
         if kind == "sd35m" and name == "context_embedder.bias":
@@ -207,6 +223,10 @@ def structure_clip(kind: str, seed: int = 0):
         from tiny_sd3 import build_tiny_sd3_clip
 
         return build_tiny_sd3_clip(seed)
+    if kind == "flux-dev":
+        from tiny_flux import build_tiny_flux_clip
+
+        return build_tiny_flux_clip(seed)
     from tiny_qwen_image import build_tiny_qwen_image_clip
 
     return build_tiny_qwen_image_clip(seed)
@@ -221,8 +241,8 @@ class RandomText:
 
     def __init__(self, kind: str, clip, seed: int = 0) -> None:
         self.kind, self.clip, self.seed = kind, clip, int(seed)
-        self.width = SD3_CONTEXT if kind == "sd35m" else QWEN_CONTEXT
-        self.pooled = SD3_POOLED if kind == "sd35m" else 0
+        self.width = {"sd35m": SD3_CONTEXT, "qwen-image": QWEN_CONTEXT, "flux-dev": FLUX_CONTEXT}[kind]
+        self.pooled = {"sd35m": SD3_POOLED, "qwen-image": 0, "flux-dev": FLUX_POOLED}[kind]
 
     def randomize(self, conditioning: list, key: str) -> list:
         """``conditioning`` (one entry, b rows) with its values replaced, seeded by ``key``."""
@@ -232,6 +252,7 @@ class RandomText:
         out = torch.randn(b, n, self.width, generator=gen)
         if self.kind == "sd35m":
             out[:, :SD3_CLIP_TOKENS, SD3_CLIP_WIDTH:] = 0.0
+        if self.pooled:
             extras["pooled_output"] = torch.randn(b, self.pooled, generator=gen)
         mask = extras.get("attention_mask")
         if mask is not None:

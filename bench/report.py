@@ -114,6 +114,20 @@ def targets_section(report: dict) -> dict:
             "device_name": device_name, "target_device": "H200", "on_target_device": "H200" in device_name,
             "met": bool(ms.get("wall_s", 1e9) < 60.0 and peak is not None and peak * 2 ** 20 < 20e9),
         }
+    if s["device"].startswith("cuda") and s["checkpoint"] == "random-flux-dev-full" and s["size"] == 1024 \
+            and s["steps"] == 28:
+        parts = [by_name.get(n, {}).get("wall_s") for n in ("inversion (flow, Euler)",
+                                                            "direct-inversion, guidance 1 (conditional only)",
+                                                            "edit (P2P replace + blend, 1 edit)")]
+        peaks = [by_name.get(n, {}).get("peak_gpu_mib") for n in by_name]
+        total = None if None in parts else round(sum(parts), 2)
+        device_name = (report.get("machine") or {}).get("device_name", "")
+        out["gpu_flux_dev_1024"] = {
+            "inversion_plus_edit_wall_s": total, "limit_s": 30.0,
+            "peak_gpu_gb": max((round(p * 2 ** 20 / 1e9, 2) for p in peaks if p is not None), default=None),
+            "device_name": device_name, "target_device": "H200", "on_target_device": "H200" in device_name,
+            "met": bool(total is not None and total < 30.0),
+        }
     return out
 
 

@@ -30,9 +30,10 @@ def import_pack() -> None:
 
 #: ``--random-unet`` choices built by bench/random_mmdit.py (the flow-matching transformers); the others are
 #: bench/random_unet.py's SD UNets.
-RANDOM_MMDITS = ("sd35m", "qwen-image")
+RANDOM_MMDITS = ("sd35m", "qwen-image", "flux-dev")
 #: The flow family of each flow model option: its ``names[0]`` in host/families.
-FLOW_FAMILY = {"sd35m": "SD3", "qwen-image": "Qwen-Image", "tiny_sd3": "SD3", "tiny_qwen_image": "Qwen-Image"}
+FLOW_FAMILY = {"sd35m": "SD3", "qwen-image": "Qwen-Image", "flux-dev": "Flux", "tiny_sd3": "SD3",
+               "tiny_qwen_image": "Qwen-Image"}
 MODEL_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 

@@ -248,3 +248,43 @@ def test_flow_rows_run_and_their_model_calls_are_at_the_floor(host, tmp_path, mo
     assert rows["inversion (flow, Euler)"]["unet_calls"] == steps
     assert rows["edit (P2P replace + blend, 1 edit)"]["unet_evals"] == 2 * 2 * steps
     assert json.loads((tmp_path / "bench.json").read_text())["phases"] == report["phases"]
+
+
+@pytest.mark.host
+def test_full_size_random_flux_dev_is_what_the_host_detects(host):
+    """Flux.1-dev as the host builds it from bench/random_mmdit.py's configuration (meta device): the host's
+    detection on the built model's keys and shapes gives the configuration back (plus the fields a newer host adds)
+    and picks comfy.supported_models.Flux; 19 double and 38 single blocks, 11.9 B parameters."""
+    import comfy.model_detection
+    import comfy.supported_models
+    import random_mmdit
+
+    cfg = random_mmdit.mmdit_config("flux-dev")
+    config = random_mmdit.model_config("flux-dev", cfg)
+    assert type(config) is comfy.supported_models.Flux
+    net = config.get_model({}, "", device=torch.device("meta")).diffusion_model
+    detected = comfy.model_detection.detect_unet_config(net.state_dict(), "")
+    assert {k: detected[k] for k in cfg} == cfg
+    assert len(net.double_blocks) == 19 and len(net.single_blocks) == 38
+    assert sum(p.numel() for p in net.parameters()) == random_mmdit.FULL_PARAMETERS["flux-dev"]
+
+
+@pytest.mark.host
+def test_flux_dev_rows_are_inversion_direct_inversion_and_edit_at_the_floor(host, tmp_path):
+    """The guidance-distilled family on the narrow random Flux-dev (bench/gpu.sh's flux run, GPU_SH_TINY): no
+    null-text row; inversion and Direct Inversion at 1 conditional call per step, the edit at one call of the two
+    prompts' conditional rows per step (guidance 1), its source row on the photo's latent."""
+    steps = 2
+    report = _run_bench_in_process(host, tmp_path, ["--random-unet", "flux-dev", "--random-scale", "tiny",
+                                                    "--model-dtype", "bf16", "--steps", str(steps), "--inner", "0",
+                                                    "--phases", "edit"])
+    assert report["settings"]["family"] == "Flux" and report["settings"]["guidance"] == 1.0
+    rows = {r["phase"]: r for r in report["phases"]}
+    assert set(rows) == {"inversion (flow, Euler)", "direct-inversion, guidance 1 (conditional only)",
+                         "edit (P2P replace + blend, 1 edit)"}
+    for r in rows.values():
+        assert r["at_floor"] is True and r["backward"] == 0, r
+    assert rows["direct-inversion, guidance 1 (conditional only)"]["unet_calls"] == steps
+    assert (rows["edit (P2P replace + blend, 1 edit)"]["unet_calls"],
+            rows["edit (P2P replace + blend, 1 edit)"]["unet_evals"]) == (steps, 2 * steps)
+    assert rows["edit (P2P replace + blend, 1 edit)"]["latent_mse"] < 1e-8

@@ -418,12 +418,12 @@ def test_a_flux_model_with_image_inputs_is_refused(tiny_flux):
     import comfy.supported_models
 
     from nulltext_p2p.nodes.ddim_invert import run_inversion
-    from tiny_flux import FLUX_UNET_CONFIG, _with_host_fields
+    from tiny_flux import FLUX_UNET_CONFIG, with_host_fields
     from comfy.ldm.flux.model import FluxParams
 
     import comfy.model_management as mm
 
-    config = comfy.supported_models.Flux(_with_host_fields({**FLUX_UNET_CONFIG, "in_channels": 32}, FluxParams))
+    config = comfy.supported_models.Flux(with_host_fields({**FLUX_UNET_CONFIG, "in_channels": 32}, FluxParams))
     config.set_inference_dtype(torch.float32, None)
     fill = comfy.model_patcher.ModelPatcher(config.get_model({}, "", device=mm.unet_offload_device()),
                                             load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())

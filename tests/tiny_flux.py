@@ -59,7 +59,7 @@ TE_MODEL_OPTIONS = {
 }
 
 
-def _with_host_fields(config: dict, params_class) -> dict:
+def with_host_fields(config: dict, params_class) -> dict:
     """``config`` plus the fields a newer host's params dataclass requires (0.33.0: ``txt_ids_dims``, Chroma's
     ``vec_in_dim``), set as its detection sets them for Flux.1 / Chroma checkpoints."""
     fields = {f.name for f in dataclasses.fields(params_class)}
@@ -94,7 +94,7 @@ def _build(config_class, unet_config: dict, clip_target, seed: int, params_class
     import comfy.model_patcher
     import comfy.sd
 
-    model_config = config_class(_with_host_fields(unet_config, params_class))
+    model_config = config_class(with_host_fields(unet_config, params_class))
     model_config.set_inference_dtype(torch.float32, None)
     base = model_config.get_model({}, "", device=mm.unet_offload_device())
     shapes = {k: tuple(v.shape) for k, v in base.diffusion_model.state_dict().items()}
@@ -108,16 +108,32 @@ def _build(config_class, unet_config: dict, clip_target, seed: int, params_class
     return patcher, clip, vae
 
 
+def flux_clip_target():
+    """The host's Flux text stack (CLIP-L for the pooled vector, T5 for the context) as a ClipTarget."""
+    from comfy.supported_models_base import ClipTarget
+    from comfy.text_encoders import flux
+
+    return ClipTarget(flux.FluxTokenizer, flux.flux_clip())
+
+
+def build_tiny_flux_clip(seed: int = 0):
+    """The tiny Flux text stack alone as a host ``comfy.sd.CLIP`` (the bench's random Flux-dev maps words with it)."""
+    prepare_host_cpu()
+    import comfy.sd
+
+    clip = comfy.sd.CLIP(target=flux_clip_target(), embedding_directory=None, tokenizer_data={},
+                         model_options=TE_MODEL_OPTIONS)
+    init_sd3_text_encoders_(clip.cond_stage_model, seed)
+    return clip
+
+
 def build_tiny_flux(seed: int = 0):
     """(MODEL, CLIP, VAE) of the tiny Flux-dev model; deterministic for a given ``seed``."""
     prepare_host_cpu()
     import comfy.supported_models
     from comfy.ldm.flux.model import FluxParams
-    from comfy.supported_models_base import ClipTarget
-    from comfy.text_encoders import flux
 
-    target = ClipTarget(flux.FluxTokenizer, flux.flux_clip())
-    return _build(comfy.supported_models.Flux, FLUX_UNET_CONFIG, target, seed, FluxParams)
+    return _build(comfy.supported_models.Flux, FLUX_UNET_CONFIG, flux_clip_target(), seed, FluxParams)
 
 
 def build_tiny_chroma(seed: int = 0):
