@@ -127,7 +127,7 @@ class FluxFamily(FluxArchitecture):
         packed = super().text_condition(patcher, conditioning, node, input_name)
         extras = conditioning[0][1] if isinstance(conditioning[0][1], dict) else {}
         guidance = extras.get("guidance", FLUX_DEFAULT_GUIDANCE)
-        if guidance is None or packed.shape[-1] <= self.pooled_width(patcher):
+        if guidance is None:
             raise NodeInputError(node, input_name, "the conditioning carries no Flux guidance value (guidance None).",
                                  "set it with FluxGuidance (3.5 is the usual value) or encode with CLIP Text Encode Flux.")
         packed = packed.clone()
