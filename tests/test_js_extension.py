@@ -26,6 +26,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -979,7 +980,9 @@ async def _drive_examples(ws_url: str, base_url: str, shots: Path, report: dict)
                 if loaded.get("missing") is not None:
                     ex["missing_models"] = sorted(loaded["missing"])
                 else:
-                    ex["missing_models"] = sorted(m for m in every_file if m in text and "issing" in text)
+                    # a whole file name (ae.safetensors is also the end of qwen_image_vae.safetensors)
+                    ex["missing_models"] = sorted(m for m in every_file if "issing" in text
+                                                  and re.search(rf"(?<![\w.-]){re.escape(m)}", text))
                 ex["dialogs"] = loaded["dialogs"]
                 await cdp.js("ntpEx.closeDialogs()")
                 ex["layout_loaded"] = await cdp.js("ntpEx.layout()")
