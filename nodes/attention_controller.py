@@ -45,7 +45,7 @@ def stack_conditioning(conds: list[list], pad: bool = False) -> list:
         embs = [torch.nn.functional.pad(e, (0, 0, 0, n - e.shape[1])) for e in embs]
     elif len({tuple(e.shape[1:]) for e in embs}) > 1:
         raise NodeInputError(NODE, "target_prompts", "the target prompts encode to different token counts ("
-                             f"{', '.join(str(e.shape[1]) for e in embs)}).", "keep every prompt within 75 tokens.")
+                             f"{', '.join(str(e.shape[1]) for e in embs)}).", "keep every prompt within 75 tokens (Flux: 256 T5 tokens).")
     return [[torch.cat(embs), extra]]
 
 

@@ -138,7 +138,7 @@ def check_target(target, src: torch.Tensor, dim: int, pads: bool,
         lengths = [int(n) for n in mask.sum(dim=-1).tolist()] if mask is not None else [int(tgt.shape[1])] * tgt.shape[0]
     elif tgt.shape[1:] != src.shape[1:]:
         raise NodeInputError(node, "target", f"its embedding shape {list(tgt.shape[1:])} differs from the source's {list(src.shape[1:])}.",
-                             "encode source and target with the same CLIP, each within 75 tokens.")
+                             "encode source and target with the same CLIP, each within 75 tokens (Flux: 256 T5 tokens).")
     tgt_pooled = extras.get("pooled_output")
     if dim and (tgt_pooled is None or tuple(tgt_pooled.shape) != (tgt.shape[0], dim)):
         raise NodeInputError(node, "target", f"this model needs one pooled text vector (width {dim}) per target row.",
