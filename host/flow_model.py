@@ -7,7 +7,6 @@ so the velocity is ``(x - denoised) / sigma``; patches, wrappers and LoRA upstre
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 
@@ -66,8 +65,3 @@ def latent_cells(latent_shape: tuple[int, ...], patch: int = 2) -> tuple[int, in
     """The image-token grid (h, w) of a latent [.., H, W] for a ``patch`` x ``patch`` patchifier (padded up)."""
     h, w = int(latent_shape[-2]), int(latent_shape[-1])
     return (h + patch - 1) // patch, (w + patch - 1) // patch
-
-
-def optional_pooled(conditioning) -> Optional[torch.Tensor]:
-    extras = conditioning[0][1] if isinstance(conditioning[0][1], dict) else {}
-    return extras.get("pooled_output")

@@ -73,6 +73,12 @@ def conditioning_tensor(conditioning, node: str, input_name: str) -> torch.Tenso
     return emb
 
 
+def conditioning_extras(conditioning) -> dict:
+    """The options dict of a CONDITIONING's first entry (pooled vector, guidance, masks), {} without one."""
+    extras = conditioning[0][1]
+    return extras if isinstance(extras, dict) else {}
+
+
 def text_condition(patcher, conditioning, node: str, input_name: str) -> torch.Tensor:
     """One prompt's CONDITIONING as the tensor the algorithm works on (packed for SDXL), with clear errors."""
     emb = conditioning_tensor(conditioning, node, input_name)
@@ -86,7 +92,7 @@ def text_condition(patcher, conditioning, node: str, input_name: str) -> torch.T
     dim = pooled_dim(patcher)
     if dim == 0:
         return emb
-    extras = conditioning[0][1] if isinstance(conditioning[0][1], dict) else {}
+    extras = conditioning_extras(conditioning)
     sized = [k for k in SIZE_KEYS if k in extras]
     if sized:
         raise NodeInputError(

@@ -22,7 +22,7 @@ from ..host.compat import multigpu_device_count
 from ..host.edit_sampler import WRAPPER_KEY, NullEmbeddingWrapper, ddim_sampler, sample_from_inversion
 from ..host.errors import NodeInputError
 from ..host.families import family_of
-from ..host.text_condition import pack, unpack
+from ..host.text_condition import conditioning_extras, pack, unpack
 from ..host.unet import load_model
 from . import types
 from .common import (MODEL_FIX, build_edit, check_finite, check_guidance, check_null_embeddings, checked_source,
@@ -131,7 +131,7 @@ def check_target(target, src: torch.Tensor, dim: int, pads: bool,
         raise NodeInputError(node, "target", "expected the 'target' CONDITIONING of the Attention Controller (one entry).",
                              "connect the Attention Controller's target output.")
     tgt = target[0][0]
-    extras = target[0][1] if isinstance(target[0][1], dict) else {}
+    extras = conditioning_extras(target)
     lengths = None
     if pads and tgt.shape[-1] == src.shape[-1]:
         mask = extras.get("attention_mask")

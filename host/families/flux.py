@@ -29,7 +29,7 @@ from ...core.flow import FlowSchedule
 from ...core.prompt_tokens import PromptTokens
 from ..errors import NodeInputError
 from ..flow_model import FlowUNet, is_flow_model
-from ..text_condition import unpack
+from ..text_condition import conditioning_extras, unpack
 from ..unet import saved_activations_copied
 from ..word_tokens import t5_prompt_tokens
 from .joint import JointAttentionFamily
@@ -38,8 +38,8 @@ from .joint import JointAttentionFamily
 FLUX_DEFAULT_GUIDANCE = 3.5
 #: The guidance the host gives Chroma (``comfy.model_base.Chroma.extra_conds``): Chroma is sampled with real CFG.
 CHROMA_GUIDANCE = 0.0
-FLUX_TOKENIZERS = {"l", "t5xxl"}
-CHROMA_TOKENIZERS = {"t5xxl"}
+FLUX_TOKENIZERS = frozenset({"l", "t5xxl"})
+CHROMA_TOKENIZERS = frozenset({"t5xxl"})
 
 
 def _unet_config(patcher) -> dict:
@@ -71,17 +71,10 @@ class FluxArchitecture(JointAttentionFamily):
     block_classes = ("DoubleStreamBlock", "SingleStreamBlock")
     # the blocks add to their residual streams in place, which autograd cannot go back through by itself
     block_context = staticmethod(saved_activations_copied)
-    tokenizer_keys: set = set()
 
     def context_width(self, patcher) -> Optional[int]:
         width = _unet_config(patcher).get("context_in_dim")
         return int(width) if width else None
-
-    def tokenizes(self, clip) -> bool:
-        try:
-            return set(clip.tokenize("a")) == self.tokenizer_keys
-        except Exception:  # a CLIP whose tokenizer needs other input is not this family's
-            return False
 
     def prompt_tokens(self, clip, text: str, text_len: Optional[int] = None) -> PromptTokens:
         """The words at T5 positions 0.., the end token after them; ``text_len`` positions in all where prompts
@@ -125,8 +118,7 @@ class FluxFamily(FluxArchitecture):
     def text_condition(self, patcher, conditioning, node: str, input_name: str) -> torch.Tensor:
         """The T5 tokens packed with the pooled CLIP-L vector and, after it, the guidance value."""
         packed = super().text_condition(patcher, conditioning, node, input_name)
-        extras = conditioning[0][1] if isinstance(conditioning[0][1], dict) else {}
-        guidance = extras.get("guidance", FLUX_DEFAULT_GUIDANCE)
+        guidance = conditioning_extras(conditioning).get("guidance", FLUX_DEFAULT_GUIDANCE)
         if guidance is None:
             raise NodeInputError(node, input_name, "the conditioning carries no Flux guidance value (guidance None).",
                                  "set it with FluxGuidance (3.5 is the usual value) or encode with CLIP Text Encode Flux.")
@@ -162,8 +154,7 @@ class ChromaFamily(FluxArchitecture):
 
     def text_condition(self, patcher, conditioning, node: str, input_name: str) -> torch.Tensor:
         emb = super().text_condition(patcher, conditioning, node, input_name)
-        extras = conditioning[0][1] if isinstance(conditioning[0][1], dict) else {}
-        guidance = extras.get("guidance")
+        guidance = conditioning_extras(conditioning).get("guidance")
         if guidance is not None and float(guidance) != CHROMA_GUIDANCE:
             raise NodeInputError(node, input_name, f"it carries a Flux guidance value ({float(guidance):g}); Chroma is "
                                  "sampled with classifier-free guidance and its guidance input at 0.",

@@ -14,7 +14,7 @@ from ..compat import pure_torch_rope
 from ..errors import NodeInputError
 from ..flow_model import FlowUNet, flow_schedule, latent_cells
 from ..joint_attention import OVERRIDE_KEY, JointAttentionPatch
-from ..text_condition import conditioning_tensor, pack, to_conditioning
+from ..text_condition import conditioning_extras, conditioning_tensor, pack, to_conditioning
 from ..unet import grad_capable_weights, recomputed_blocks
 from .base import EditPatch, nested
 
@@ -35,6 +35,8 @@ class JointAttentionFamily:
     block_classes: tuple[str, ...] = ()
     #: what the CLIP input must be, for error messages
     clip_hint = ""
+    #: the keys of the family's CLIP tokenizer output (``clip.tokenize``)
+    tokenizer_keys: frozenset = frozenset()
     #: a context the blocks run in under gradients, their recomputation included (``host.unet.recomputed_blocks``)
     block_context: Optional[Callable[[], ContextManager]] = None
 
@@ -77,8 +79,7 @@ class JointAttentionFamily:
         dim = self.pooled_width(patcher)
         if dim == 0:
             return emb
-        extras = conditioning[0][1] if isinstance(conditioning[0][1], dict) else {}
-        pooled = extras.get("pooled_output")
+        pooled = conditioning_extras(conditioning).get("pooled_output")
         if pooled is None or pooled.ndim != 2 or pooled.shape[-1] != dim:
             got = "none" if pooled is None else f"shape {list(pooled.shape)}"
             raise NodeInputError(
@@ -88,6 +89,12 @@ class JointAttentionFamily:
 
     def to_conditioning(self, packed: torch.Tensor, patcher) -> list:
         return to_conditioning(packed, self.pooled_width(patcher))
+
+    def tokenizes(self, clip) -> bool:
+        try:
+            return set(clip.tokenize("a")) == self.tokenizer_keys
+        except Exception:  # a CLIP whose tokenizer needs other input is not this family's
+            return False
 
     def pads_prompts(self) -> bool:
         return False

@@ -19,7 +19,7 @@ from .joint import JointAttentionFamily
 
 CLIP_CHUNK = 77
 CLIP_BOS, CLIP_EOS = 49406, 49407
-SD3_TOKENIZERS = {"l", "g", "t5xxl"}
+SD3_TOKENIZERS = frozenset({"l", "g", "t5xxl"})
 
 
 def _clip_chunks(clip, text: str) -> list[list[int]]:
@@ -45,6 +45,7 @@ class SD3Family(JointAttentionFamily):
     default_steps = 28  # SD3.5 Medium/Large model cards and ComfyUI's SD3.5 templates sample with 28 steps or fewer
     default_guidance = 4.5  # the SD3.5 Medium model card (Large: 3.5-4.5)
     block_classes = ("JointBlock",)
+    tokenizer_keys = SD3_TOKENIZERS
     clip_hint = "the CLIP of the same SD3/SD3.5 checkpoint (or Triple CLIP Loader with clip_l, clip_g and t5xxl)"
 
     def accepts(self, patcher) -> bool:
@@ -59,12 +60,6 @@ class SD3Family(JointAttentionFamily):
         embedder = config.get("context_embedder_config") or {}
         width = (embedder.get("params") or {}).get("in_features")
         return int(width) if width else None
-
-    def tokenizes(self, clip) -> bool:
-        try:
-            return set(clip.tokenize("a")) == SD3_TOKENIZERS
-        except Exception:  # a CLIP whose tokenizer needs other input is not this family's
-            return False
 
     def prompt_tokens(self, clip, text: str, text_len: Optional[int] = None) -> PromptLayout:
         """The prompt's words at their positions in SD3's context: each CLIP chunk (77 positions: start token,
