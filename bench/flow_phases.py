@@ -79,16 +79,7 @@ class FlowBench(Bench):
             self.run_plain_euler()
         self.ours_result = self.record_phase(OURS, self.null_text_ours, self.z0,
                                              f"flow: Euler step with the guided velocity, null_start {self.family.null_start}")
-        if "options" in groups:
-            self.run_options()
-        if "memory_saving" in groups:
-            self.run_memory_saving()
-        if "precision" in groups:
-            self.run_precisions()
-        if "fast" in groups:
-            self.run_fast_modes()
-        if "edit" in groups and w.clip is not None:
-            self.run_p2p_edit()
+        self.run_later_groups()
 
     def warm_up(self) -> None:
         """One untimed pass of every kind of work the selected phases do (2 steps each), so no timed phase pays

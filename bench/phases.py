@@ -98,6 +98,11 @@ class Bench:
         if "plain" in groups:
             self.run_plain_ddim()
         self.run_null_text_and_references()
+        self.run_later_groups()
+
+    def run_later_groups(self) -> None:
+        """The phase groups that follow ours' null-text, in order: options, memory_saving, precision, fast, edit."""
+        groups = self.phase_groups
         if "options" in groups:
             self.run_options()
         if "memory_saving" in groups:
@@ -106,7 +111,7 @@ class Bench:
             self.run_precisions()
         if "fast" in groups:
             self.run_fast_modes()
-        if "edit" in groups and w.clip is not None:
+        if "edit" in groups and self.work.clip is not None:
             self.run_p2p_edit()
 
     # -- recording a phase --------------------------------------------------------------------------------------
