@@ -205,6 +205,24 @@ def calibration_image(size: int = 64) -> torch.Tensor:
     return (rgb.clamp(0, 1) * 2 - 1).unsqueeze(0)
 
 
+def init_taesd_(model: torch.nn.Module, gen: torch.Generator, scale: float = 1.0, shift: float = 0.0) -> None:
+    """Fill the host's TAESD in place, in state-dict order: convs He init times 0.7, biases 0, ``vae_scale`` /
+    ``vae_shift`` as given, GroupNorm weights 1 (only in ``use_midblock_gn`` variants, not built here)."""
+    with torch.no_grad():
+        for name, p in model.state_dict(keep_vars=True).items():
+            leaf = name.rsplit(".", 1)[-1]
+            if name == "vae_scale":
+                p.fill_(scale)
+            elif name == "vae_shift":
+                p.fill_(shift)
+            elif leaf == "weight" and p.dim() == 4:
+                p.copy_(_draw(p.shape, 0.7 * math.sqrt(2.0 / _fan_in(p.shape)), gen))
+            elif leaf == "weight":
+                p.fill_(1.0)
+            else:
+                p.zero_()
+
+
 def build_taesd_state_dict(seed: int = 0) -> dict:
     """State dict (keys without prefix, float32) of the host's TAESD, calibrated on ``calibration_image()``.
 
@@ -217,18 +235,8 @@ def build_taesd_state_dict(seed: int = 0) -> dict:
     from comfy.taesd.taesd import TAESD
 
     model = TAESD(latent_channels=4)
-    gen = torch.Generator().manual_seed(int(seed) * 1000 + 3)
+    init_taesd_(model, torch.Generator().manual_seed(int(seed) * 1000 + 3))
     with torch.no_grad():
-        for name, p in model.state_dict(keep_vars=True).items():
-            leaf = name.rsplit(".", 1)[-1]
-            if name == "vae_scale":
-                p.fill_(1.0)
-            elif name == "vae_shift":
-                p.fill_(0.0)
-            elif leaf == "weight":
-                p.copy_(_draw(p.shape, 0.7 * math.sqrt(2.0 / _fan_in(p.shape)), gen))
-            else:
-                p.zero_()
         enc_out, dec_out = model.taesd_encoder[-1], model.taesd_decoder[-1]
         z = model.encode(calibration_image())
         mean, std = z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))

@@ -83,7 +83,7 @@ import math
 
 import torch
 
-from tiny_model import _draw, _fan_in, calibration_image, prepare_host_cpu
+from tiny_model import _draw, _fan_in, calibration_image, init_taesd_, prepare_host_cpu
 
 #: ``unet_config`` of the tiny MMDiT (``QwenImageTransformer2DModel`` keyword arguments).
 QWEN_IMAGE_UNET_CONFIG = {
@@ -279,18 +279,8 @@ def build_taesd16_state_dict(seed: int = 0) -> dict:
     from comfy.taesd.taesd import TAESD
 
     model = TAESD(latent_channels=16)
-    gen = _gen(seed, _SEED_VAE + 100)
+    init_taesd_(model, _gen(seed, _SEED_VAE + 100))
     with torch.no_grad():
-        for name, p in model.state_dict(keep_vars=True).items():
-            leaf = name.rsplit(".", 1)[-1]
-            if name == "vae_scale":
-                p.fill_(1.0)
-            elif name == "vae_shift":
-                p.fill_(0.0)
-            elif leaf == "weight":
-                p.copy_(_draw(p.shape, 0.7 * math.sqrt(2.0 / _fan_in(p.shape)), gen))
-            else:
-                p.zero_()
         mean_t, std_t, _ = _wan21_stats()
         enc_out, dec_out = model.taesd_encoder[-1], model.taesd_decoder[-1]
         image = calibration_image(CALIBRATION_SIZE)

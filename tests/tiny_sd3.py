@@ -84,7 +84,7 @@ import math
 
 import torch
 
-from tiny_model import _draw, _fan_in, calibration_image, prepare_host_cpu
+from tiny_model import _draw, _fan_in, calibration_image, init_taesd_, prepare_host_cpu
 
 #: Text-encoder widths (``pooled_output`` = CLIP-L | CLIP-G).
 CLIP_L_WIDTH = 32
@@ -225,20 +225,8 @@ def build_taesd3_state_dict(seed: int = 0, scale: float = TAESD3_SCALE, shift: f
     from comfy.taesd.taesd import TAESD
 
     model = TAESD(latent_channels=16)
-    gen = torch.Generator().manual_seed(int(seed) * 1000 + 23)
+    init_taesd_(model, torch.Generator().manual_seed(int(seed) * 1000 + 23), scale, shift)
     with torch.no_grad():
-        for name, p in model.state_dict(keep_vars=True).items():
-            leaf = name.rsplit(".", 1)[-1]
-            if name == "vae_scale":
-                p.fill_(scale)
-            elif name == "vae_shift":
-                p.fill_(shift)
-            elif leaf == "weight" and p.dim() == 4:
-                p.copy_(_draw(p.shape, 0.7 * math.sqrt(2.0 / _fan_in(p.shape)), gen))
-            elif leaf == "weight":  # a GroupNorm (only in use_midblock_gn variants, not built here)
-                p.fill_(1.0)
-            else:
-                p.zero_()
         enc_out, dec_out = model.taesd_encoder[-1], model.taesd_decoder[-1]
         image = calibration_image()
         z = model.taesd_encoder(image * 0.5 + 0.5)  # model-space latent (vae_scale/vae_shift cancel the format)
