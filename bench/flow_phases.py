@@ -69,7 +69,7 @@ class FlowBench(Bench):
               f"{str(w.model.model.get_dtype()).replace('torch.', '')}, phases {','.join(sorted(groups))}", flush=True)
         self.warm_up()
         self.run_inversion()
-        if self.family.null_text_refusal is not None:  # guidance-distilled: Direct Inversion, then the edit
+        if self.family.guidance_distilled:  # Direct Inversion (no null-text), then the edit
             self.ours_result = self.record_phase(DIRECT_CONDITIONAL, self.direct_inversion_values, self.z0,
                                                  "guidance-distilled: Direct Inversion in place of null-text")
             if "edit" in groups and w.clip is not None:
@@ -86,7 +86,7 @@ class FlowBench(Bench):
         first-call costs: inversion, null-text (2 iterations; with memory_saving too), Direct Inversion both ways,
         and a 2-step edit."""
         w, g, groups = self.work, self.args.guidance, self.phase_groups
-        distilled = self.family.null_text_refusal is not None
+        distilled = self.family.guidance_distilled
         with torch.inference_mode():
             inv = run_inversion(w.model, w.source, w.latent, 2)
             if distilled:
